@@ -472,3 +472,17 @@ def test_entropy_from_top_logprobs_ignores_missing_entries():
     with_missing = torch.tensor([[math.log(0.5), math.log(0.5), float("-inf")]])
     estimate, _ = entropy_from_top_logprobs(with_missing, vocab_size=10)
     assert estimate.item() == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_position_bin_sums_hand_case():
+    from trl_soup.core import position_bin_sums
+
+    values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.0], [10.0, 20.0, 30.0, 99.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    # Row 0 (L = 4): t = 0, 1 -> bin 0; t = 2, 3 -> bin 1.  Row 1 (L = 3): t = 0, 1 -> bin 0 (floor(2/3) = 0); t = 2 -> bin 1.
+    sums = position_bin_sums(values, mask, num_bins=2)
+    assert sums.tolist() == [[1 + 2 + 10 + 20, 4], [3 + 4 + 30, 3]]
+    # Ten bins, L = 3: tokens land in bins 0, 3 and 6 (relative positions 0, 1/3, 2/3); masked tokens never count.
+    ten = position_bin_sums(values[1:], mask[1:], num_bins=10)
+    assert ten[:, 1].tolist() == [1, 0, 0, 1, 0, 0, 1, 0, 0, 0]
+    assert ten[:, 0].tolist() == [10, 0, 0, 20, 0, 0, 30, 0, 0, 0]

@@ -277,3 +277,23 @@ def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, mak
                              batch["completion_mask"], args.temperature)
     prefix = batch["prefix_mask"].bool()
     torch.testing.assert_close(batch["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_position_statistics_switch(tmp_path, tokenizer, make_model, prompt_dataset, enabled):
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, log_position_statistics=enabled)
+    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "reward" in h]
+    keys = {k for h in logs for k in h if k.startswith("soup/position/")}
+    if not enabled:
+        assert keys == set()
+        return
+    assert keys == {f"soup/position/{name}/bin_{i}" for name in ("entropy", "clip_ratio") for i in range(10)}
+    for h in logs:
+        clip = [h[f"soup/position/clip_ratio/bin_{i}"] for i in range(10)]
+        assert all(c is None or 0.0 <= c <= 1.0 for c in clip)
+        assert all(h[f"soup/position/entropy/bin_{i}"] is None or h[f"soup/position/entropy/bin_{i}"] >= 0
+                   for i in range(10))
+        assert h["soup/position/entropy/bin_0"] is not None  # every response has a first 10%

@@ -152,6 +152,14 @@ class SOUPConfig(GRPOConfig):
             "to estimate the behavior entropy (Sec. 3.3); see docs/deviations.md for the estimate and its bound."
         },
     )
+    log_position_statistics: bool = field(
+        default=False,
+        metadata={
+            "help": "Log entropy and clip ratio per 10% bin of relative token position (soup/position/...), the "
+            "training analysis of paper Fig. 5; plot with recipes/plot_position_statistics.py. Costs one small "
+            "all-reduce per step. Default False."
+        },
+    )
     # Paper Sec. 4: DAPO with clip-higher. GRPOConfig already defaults to loss_type="dapo", epsilon=0.2, beta=0.0.
     epsilon_high: float | None = field(
         default=0.28,

@@ -12,6 +12,7 @@ Equation map (see docs/equations.md):
     Eq. 1 DAPO objective           -> dapo_token_loss (reference implementation used by tests and docs)
     Fig. 5 / Sec. 4 statistics     -> clipped_token_mask, segment_sums, segment_means
     Sec. 3.3 entropy from a server -> entropy_from_top_logprobs (top-k estimate with a bound)
+    Fig. 5 per-position statistics -> position_bin_sums
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "dapo_token_loss",
     "entropy_from_top_logprobs",
     "mixed_old_per_token_logps",
+    "position_bin_sums",
     "segment_means",
     "segment_sums",
     "truncate_by_entropy",
@@ -245,3 +247,27 @@ def entropy_from_top_logprobs(top_logprobs: torch.Tensor, vocab_size: int) -> tu
     upper = h_top + torch.where(rest > 0, rest * (torch.log(tail) - torch.log(rest.clamp(min=1e-300))), torch.zeros_like(rest))
     upper = torch.maximum(upper, lower)
     return lower.to(top_logprobs.dtype), upper.to(top_logprobs.dtype)
+
+
+def position_bin_sums(values: torch.Tensor, mask: torch.Tensor, num_bins: int = 10) -> torch.Tensor:
+    """Sums and counts of a per-token statistic by relative position in the response (paper Fig. 5).
+
+    Token t (0-based) of a response with L valid tokens has relative position t / L and falls in bin
+    ``floor(t * num_bins / L)``: with 10 bins, bin 0 holds the first 10% of each response and bin 9 the last 10%.
+
+    Args:
+        values: ``(B, C)`` per-token statistic (entropy, clip indicator, ...).
+        mask: ``(B, C)`` 1 on valid tokens (right-padded: the valid tokens form a prefix of each row).
+        num_bins: number of equal-width bins of relative position.
+
+    Returns:
+        ``(num_bins, 2)`` float tensor of ``[sum, count]`` per bin, to all-reduce before dividing.
+    """
+    mask = mask.to(values.dtype)
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # L_i
+    positions = torch.arange(values.size(1), device=values.device, dtype=values.dtype).unsqueeze(0)
+    bins = torch.floor(positions * num_bins / lengths).clamp(max=num_bins - 1).long()  # floor(t * bins / L)
+    one_hot = torch.nn.functional.one_hot(bins, num_bins).to(values.dtype) * mask.unsqueeze(-1)  # (B, C, bins)
+    sums = (one_hot * values.unsqueeze(-1)).sum(dim=(0, 1))
+    counts = one_hot.sum(dim=(0, 1))
+    return torch.stack([sums, counts], dim=1).to(torch.float32)

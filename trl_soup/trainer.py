@@ -18,10 +18,18 @@ from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing
 from .behavior import build_behavior_backend
 from .behavior.local import BEHAVIOR_ADAPTER
 from .config import SOUPConfig
-from .core import build_prefix_mask, clipped_token_mask, mixed_old_per_token_logps, segment_means, segment_sums
+from .core import (
+    build_prefix_mask,
+    clipped_token_mask,
+    mixed_old_per_token_logps,
+    position_bin_sums,
+    segment_means,
+    segment_sums,
+)
 from .truncation import behavior_decode_budget, compute_prefix_lengths
 
 SOUP_STATE_FILE = "soup_state.pt"
+POSITION_BINS = 10  # paper Fig. 5: 10% bins of relative token position
 SNAPSHOT_DIR = "behavior_snapshot"  # inside a checkpoint, written only mid-window
 
 
@@ -255,6 +263,8 @@ class SOUPTrainer(GRPOTrainer):
         }
         if captured.get("entropies") is not None:
             statistics["entropy"] = captured["entropies"]
+        if self.args.log_position_statistics:
+            self._log_position_statistics(statistics, mask)
         sums = torch.stack([segment_sums(v, mask, prefix_mask) for v in statistics.values()])
         sums = self.accelerator.reduce(sums, reduction="sum")
         metrics = self._metrics[mode]
@@ -266,6 +276,17 @@ class SOUPTrainer(GRPOTrainer):
             else:
                 metrics[f"soup/{name}/prefix"].append(prefix)
                 metrics[f"soup/{name}/continuation"].append(continuation)
+
+    def _log_position_statistics(self, statistics, mask, num_bins: int = POSITION_BINS):
+        """Entropy and clip ratio per 10% bin of relative position (paper Fig. 5), as soup/position/<name>/bin_<i>."""
+        mode = "train" if self.model.training else "eval"
+        names = [name for name in ("entropy", "clip_ratio") if name in statistics]
+        sums = torch.stack([position_bin_sums(statistics[name], mask, num_bins) for name in names])
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        for name, rows in zip(names, sums, strict=True):
+            for i, (total, count) in enumerate(rows.tolist()):
+                value = total / count if count > 0 else float("nan")
+                self._metrics[mode][f"soup/position/{name}/bin_{i}"].append(value)
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir=None, state_dict=None):
