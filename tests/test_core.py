@@ -479,10 +479,15 @@ def test_position_bin_sums_hand_case():
 
     values = torch.tensor([[1.0, 2.0, 3.0, 4.0, 0.0], [10.0, 20.0, 30.0, 99.0, 99.0]])
     mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
-    # Row 0 (L = 4): t = 0, 1 -> bin 0; t = 2, 3 -> bin 1.  Row 1 (L = 3): t = 0, 1 -> bin 0 (floor(2/3) = 0); t = 2 -> bin 1.
+    # Bin of token t = floor((t + 1/2) * bins / L).  Row 0 (L = 4): t = 0, 1 -> 0.25, 0.75 -> bin 0; t = 2, 3 -> bin 1.
+    # Row 1 (L = 3): t = 0 -> 1/3 -> bin 0; t = 1 -> 1.0 -> bin 1; t = 2 -> 5/3 -> bin 1.  Padding never counts.
     sums = position_bin_sums(values, mask, num_bins=2)
-    assert sums.tolist() == [[1 + 2 + 10 + 20, 4], [3 + 4 + 30, 3]]
-    # Ten bins, L = 3: tokens land in bins 0, 3 and 6 (relative positions 0, 1/3, 2/3); masked tokens never count.
+    assert sums.tolist() == [[1 + 2 + 10, 3], [3 + 4 + 20 + 30, 4]]
+    # Ten bins, L = 3: centres at 1/6, 1/2, 5/6 of the response -> bins 1, 5 and 8.
     ten = position_bin_sums(values[1:], mask[1:], num_bins=10)
-    assert ten[:, 1].tolist() == [1, 0, 0, 1, 0, 0, 1, 0, 0, 0]
-    assert ten[:, 0].tolist() == [10, 0, 0, 20, 0, 0, 30, 0, 0, 0]
+    assert ten[:, 1].tolist() == [0, 1, 0, 0, 0, 1, 0, 0, 1, 0]
+    assert ten[:, 0].tolist() == [0, 10, 0, 0, 0, 20, 0, 0, 30, 0]
+    # A response of L > 5 tokens always has its first token in bin 0 and its last in bin 9.
+    for length in (6, 9, 10, 37):
+        counts = position_bin_sums(torch.ones(1, length), torch.ones(1, length), num_bins=10)[:, 1]
+        assert counts[0] >= 1 and counts[9] >= 1 and counts.sum() == length

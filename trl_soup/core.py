@@ -252,8 +252,10 @@ def entropy_from_top_logprobs(top_logprobs: torch.Tensor, vocab_size: int) -> tu
 def position_bin_sums(values: torch.Tensor, mask: torch.Tensor, num_bins: int = 10) -> torch.Tensor:
     """Sums and counts of a per-token statistic by relative position in the response (paper Fig. 5).
 
-    Token t (0-based) of a response with L valid tokens has relative position t / L and falls in bin
-    ``floor(t * num_bins / L)``: with 10 bins, bin 0 holds the first 10% of each response and bin 9 the last 10%.
+    Token t (0-based) of a response with L valid tokens covers the relative span [t / L, (t + 1) / L); it falls in
+    the bin of its centre, ``floor((t + 1/2) * num_bins / L)``: with 10 bins, bin 0 holds the first 10% of each
+    response and bin 9 the last 10%. (With the span's start instead, the last token of every response shorter than
+    ``num_bins`` tokens would miss the last bin.)
 
     Args:
         values: ``(B, C)`` per-token statistic (entropy, clip indicator, ...).
@@ -266,7 +268,7 @@ def position_bin_sums(values: torch.Tensor, mask: torch.Tensor, num_bins: int = 
     mask = mask.to(values.dtype)
     lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # L_i
     positions = torch.arange(values.size(1), device=values.device, dtype=values.dtype).unsqueeze(0)
-    bins = torch.floor(positions * num_bins / lengths).clamp(max=num_bins - 1).long()  # floor(t * bins / L)
+    bins = torch.floor((positions + 0.5) * num_bins / lengths).clamp(max=num_bins - 1).long()  # floor((t+1/2) bins/L)
     one_hot = torch.nn.functional.one_hot(bins, num_bins).to(values.dtype) * mask.unsqueeze(-1)  # (B, C, bins)
     sums = (one_hot * values.unsqueeze(-1)).sum(dim=(0, 1))
     counts = one_hot.sum(dim=(0, 1))
