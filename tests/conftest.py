@@ -77,3 +77,13 @@ def reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
         probs = logps.exp()
         entropy = -(probs * logps).sum(-1)
     return per_token, entropy
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: skipped (with the reason shown by -ra) where there is none, as in CI."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

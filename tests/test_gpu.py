@@ -1,0 +1,94 @@
+"""GPU-only checks, skipped without CUDA (CI has no GPU): bf16 numerics of relay batches, and the NCCL refresh of the
+vLLM behavior server (also needs vLLM with CUDA, which the lent GPU hosts do not have: see docs/vllm_server.md).
+
+Run on a GPU machine with trl_soup's test dependencies installed:
+
+    python -m pytest -q tests/test_gpu.py -ra
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import digit_share_reward, reference_logps, soup_args
+from trl_soup import SOUPTrainer
+
+pytestmark = pytest.mark.gpu
+
+
+class RecordingTrainer(SOUPTrainer):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self.last_relay_record is not None:
+            self.batches.append({k: v.detach().clone() for k, v in output.items() if isinstance(v, torch.Tensor)})
+        return output
+
+
+def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, tokenizer, make_model, prompt_dataset):
+    """In bf16 on CUDA the behavior log-probs of prefix tokens are those of the frozen copy (same dtype, same kernels),
+    within bf16 resolution, and the loss stays finite over a few relay windows."""
+    model = make_model(seed=0).to(torch.bfloat16)
+    args = soup_args(tmp_path, use_cpu=False, bf16=True, behavior_refresh_interval=3, max_steps=6)
+    trainer = RecordingTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
+                               processing_class=tokenizer)
+    snapshots = []
+    original_refresh = trainer.behavior.refresh
+
+    def refresh():  # keep the weights each refresh gave the behavior copy
+        original_refresh()
+        snapshots.append({k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model)
+                          .state_dict().items()})
+
+    trainer.behavior.refresh = refresh
+    trainer.train()
+    assert trainer.batches, "no relay batch was produced"
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+    # The last relay batch was sampled by the copy of the last refresh.
+    reference = make_model(seed=0).to(torch.bfloat16).cuda()
+    reference.load_state_dict(snapshots[-1])
+    batch = trainer.batches[-1]
+    ref, _ = reference_logps(reference, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                             batch["completion_mask"], args.temperature)
+    prefix = batch["prefix_mask"].bool()
+    assert prefix.any()
+    torch.testing.assert_close(batch["behavior_per_token_logps"][prefix].float(), ref[prefix].float(), atol=5e-2,
+                               rtol=0)
+
+
+def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, prompt_dataset):
+    """behavior_refresh_method="nccl": after a refresh the server scores a fixed sequence like the learner."""
+    pytest.importorskip("vllm")
+    from test_vllm_server import learner_probe_logps, probe_logps
+    from trl_soup.toy import save_toy_model
+    from vllm_server import start_vllm_server
+
+    served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
+    with start_vllm_server(served) as url:
+        args = soup_args(tmp_path, use_cpu=False, behavior_backend="vllm_server", behavior_server_base_url=url,
+                         behavior_refresh_method="nccl", behavior_refresh_interval=2, max_steps=3)
+        trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                              train_dataset=prompt_dataset, processing_class=tokenizer)
+        refreshed = []
+        original_refresh = trainer.behavior.refresh
+
+        def refresh():  # the learner's weights as the server received them
+            original_refresh()
+            refreshed.append({k: v.detach().float().cpu().clone() for k, v in
+                              trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+
+        trainer.behavior.refresh = refresh
+        trainer.train()  # refreshes before steps 1 and 3
+        assert len(refreshed) == 2
+        at_refresh = make_model(seed=0)
+        at_refresh.load_state_dict(refreshed[-1])
+        before = learner_probe_logps(make_model(seed=0), tokenizer)
+        expected = learner_probe_logps(at_refresh, tokenizer)
+        served_logps = probe_logps(url, tokenizer, trainer.behavior.model_name)
+        assert (expected - before).abs().max() > 1e-3  # the learner moved before the second refresh
+        torch.testing.assert_close(served_logps, expected, atol=1e-3, rtol=0)
