@@ -189,10 +189,16 @@ def test_off_policy_mask_threshold_refused(tmp_path):
     assert "None" in message
 
 
-def test_use_vllm_refused(tmp_path):
-    message = refused(tmp_path, use_vllm=True)
-    assert "use_vllm" in message
-    assert "use_vllm=False" in message
+def test_use_vllm_accepted_in_both_modes(tmp_path):
+    for mode in ("colocate", "server"):
+        config = make_config(tmp_path, use_vllm=True, vllm_mode=mode)
+        assert config.use_vllm and config.vllm_mode == mode
+
+
+def test_vllm_structured_outputs_regex_refused(tmp_path):
+    message = refused(tmp_path, use_vllm=True, vllm_structured_outputs_regex=r"\d+")
+    assert "vllm_structured_outputs_regex" in message
+    assert "None" in message
 
 
 def test_continuous_batching_refused(tmp_path):
@@ -307,6 +313,28 @@ def test_trainer_needs_a_soup_config(tmp_path):
 def test_fsdp_refused(tmp_path):
     message = refused(tmp_path, fsdp="full_shard")
     assert "fsdp" in message and "DDP" in message
+
+
+def test_deepspeed_zero3_accepted(tmp_path):
+    # ZeRO-3 is supported (the local behavior copy is partitioned like TRL's reference model; tests/test_zero3.py).
+    pytest.importorskip("deepspeed")
+    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
+             "gradient_accumulation_steps": "auto"}
+    config = make_config(tmp_path, deepspeed=zero3)
+    assert config.deepspeed_plugin is not None and config.deepspeed_plugin.zero_stage == 3
+    del config  # drop the global HF DeepSpeed config with it, so later models are not built under zero.Init
+
+
+def test_peft_with_local_backend_under_zero3_refused_before_loading(tmp_path):
+    pytest.importorskip("deepspeed")
+    peft = pytest.importorskip("peft")
+    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
+             "gradient_accumulation_steps": "auto"}
+    config = make_config(tmp_path, deepspeed=zero3)
+    missing = tmp_path / "no-such-model"  # loading it would fail with another error: the refusal comes first
+    with pytest.raises(ValueError, match="peft_config with behavior_backend='local'.*ZeRO-3"):
+        SOUPTrainer(model=str(missing), reward_funcs=_reward, args=config, peft_config=peft.LoraConfig(r=4))
+    del config
 
 
 @pytest.mark.parametrize("value", [0, -1, 10_000, 2.5])

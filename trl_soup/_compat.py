@@ -2,7 +2,7 @@
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models import unwrap_model_for_generation
-from trl.models.utils import disable_gradient_checkpointing
+from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed
 from trl.trainer.utils import add_fused_lm_head, pad, use_adapter
 
 try:  # transformers >= 5: skip the random init of a model whose weights are loaded right after
@@ -16,6 +16,7 @@ __all__ = [
     "disable_gradient_checkpointing",
     "no_init_weights",
     "pad",
+    "prepare_deepspeed",
     "unwrap_model_for_generation",
     "use_adapter",
 ]

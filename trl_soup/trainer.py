@@ -5,6 +5,7 @@ Glue only: the math lives in :mod:`trl_soup.core`, the historical copy in :mod:`
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -12,11 +13,13 @@ import time
 
 import torch
 
+from transformers import GenerationConfig
 from trl import GRPOTrainer
 
 from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing
 from .behavior import build_behavior_backend
 from .behavior.local import BEHAVIOR_ADAPTER
+from .behavior.prefetch import BehaviorPrefetcher
 from .config import SOUPConfig
 from .core import (
     build_prefix_mask,
@@ -33,6 +36,23 @@ POSITION_BINS = 10  # paper Fig. 5: 10% bins of relative token position
 SNAPSHOT_DIR = "behavior_snapshot"  # inside a checkpoint, written only mid-window
 
 
+def continuation_importance_sampling_ratio(ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    """TRL's vLLM importance-sampling ratio restricted to the continuation: exactly 1 on prefix tokens.
+
+    SOUP's prefix tokens are weighted by pi_theta / pi_behavior with the behavior's own sampling log-probs (paper
+    Eq. 5), so no inference-mismatch correction applies to them; the continuation keeps TRL's ratio
+    ``pi_old / pi_vLLM`` (token-level, or one value per sequence computed from the continuation only).
+
+    Args:
+        ratio: ``(B, T)`` token-level or ``(B, 1)`` sequence-level correction computed by TRL.
+        prefix_mask: ``(B, T)``, 1 on prefix (behavior) tokens.
+
+    Returns:
+        ``(B, T)``: 1 on prefix tokens, ``ratio`` (broadcast) elsewhere.
+    """
+    return torch.where(prefix_mask.bool(), torch.ones_like(ratio), ratio)  # broadcasts (B, 1) to (B, T)
+
+
 class SOUPTrainer(GRPOTrainer):
     """GRPO/DAPO trainer in which most trajectories are written in relay by two policies (SOUP).
 
@@ -47,9 +67,16 @@ class SOUPTrainer(GRPOTrainer):
     - ``_generate_and_score_completions``: refreshes the behavior copy when due, then adds ``prefix_mask`` and
       ``behavior_per_token_logps`` to the batch and makes sure ``old_per_token_logps`` exists on relay batches (TRL
       skips it when generation and optimisation are aligned, which would turn the prefix ratio into 1).
-    - ``_generate_single_turn``: relay sampling (behavior sample, truncate, continue with TRL's own generation).
+    - ``_generate_single_turn``: relay sampling (behavior sample, truncate, continue with TRL's own generation:
+      transformers or vLLM, one request per (prompt, prefix) row, each row cut to its own budget). With vLLM, prefix
+      tokens get NaN sampling log-probs so that TRL's importance-sampling correction leaves them out;
+      ``_generate_and_score_completions`` then sets their ratio to exactly 1 and restricts TRL's ``sampling/`` metrics
+      to the continuation (docs/vllm_server.md sec. 5).
     - ``_compute_loss``: swaps in the mixed denominator, then logs ``soup/`` statistics split by segment.
     - ``_get_per_token_logps_and_entropies``: only records the values of the loss forward for those statistics.
+    - ``get_batch_samples`` (transformers' Trainer): with ``behavior_prefetch > 0``, wraps the epoch iterator in a
+      look-ahead so the prompts of the next generation batches can be read early (the batches and their order are
+      unchanged); their behavior responses are then sampled in the background (:mod:`trl_soup.behavior.prefetch`).
     - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: save and restore the refresh counter, the
       truncation RNG and, mid-window, the behavior snapshot.
     """
@@ -69,17 +96,24 @@ class SOUPTrainer(GRPOTrainer):
                     f"{option} cannot be used with SOUPTrainer: relay sampling writes each completion with the "
                     f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None."
                 )
+        plugin = args.deepspeed_plugin
+        if (bound.arguments.get("peft_config") is not None and args.behavior_backend == "local"
+                and args.behavior_refresh_interval > 1 and plugin is not None and plugin.zero_stage == 3):
+            raise ValueError(  # raised here, before the model is loaded; behavior/local.py checks a PeftModel too
+                "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
+                "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
+            )
         if args.cast_lm_head_to_fp32:
             raise ValueError(
                 "cast_lm_head_to_fp32=True is not supported by SOUPTrainer in this release (the behavior copy would "
                 "not share the cast LM head). Allowed value: False."
             )
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        plugin = self.accelerator.state.deepspeed_plugin
-        if self.is_fsdp_enabled or (plugin is not None and plugin.zero_stage == 3):
+        if self.is_fsdp_enabled:
             raise ValueError(
-                "SOUPTrainer does not support FSDP or DeepSpeed ZeRO-3 in this release (the accelerate config asks for "
-                "it): the behavior copy and its refresh need unsharded parameters. Use DDP or DeepSpeed ZeRO-1/2."
+                "SOUPTrainer does not support FSDP in this release (the accelerate config asks for it): the behavior "
+                "copy and its refresh are written for unsharded or DeepSpeed ZeRO-3 parameters. Use DDP or DeepSpeed "
+                "ZeRO-1/2/3."
             )
         if self._is_vlm:
             raise ValueError("SOUPTrainer supports text-only models in this release; got a vision-language processor.")
@@ -90,9 +124,26 @@ class SOUPTrainer(GRPOTrainer):
         self._soup_capture: dict | None = None
         self.last_relay_record: dict | None = None
         self.prefix_generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
+        if self.use_vllm:
+            # TRL builds transformers generation settings only without vLLM; the in-process behavior copy samples with
+            # transformers under the sampling settings TRL gives vLLM (args.generation_kwargs are vLLM's, not used).
+            self.generation_kwargs = {
+                "max_new_tokens": self.max_completion_length, "do_sample": True,
+                "pad_token_id": self._tokenizer.pad_token_id, "bos_token_id": self._tokenizer.bos_token_id,
+                "eos_token_id": self.eos_token_ids, "temperature": self.temperature, "top_p": self.top_p,
+                "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
+            }
+            self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
         T = args.behavior_refresh_interval
         # T = 1 never produces a relay batch: no behavior copy is built at all.
         self.behavior = build_behavior_backend(args.behavior_backend, self) if T > 1 else None
+        # Behavior samples of the next relay batches of the window, drawn in the background (docs/performance.md).
+        self.behavior_prefetcher = None
+        if self.behavior is not None and args.behavior_prefetch > 0:
+            self.behavior_prefetcher = BehaviorPrefetcher(
+                lambda ids, budget, index: self.behavior.sample(ids, budget, generation_batch_index=index),
+                args.behavior_prefetch,
+            )
 
     # ---------------------------------------------------------------------------------------------- generation
     def _generate_and_score_completions(self, inputs):
@@ -100,9 +151,13 @@ class SOUPTrainer(GRPOTrainer):
         age = self.generation_batch_index % self.args.behavior_refresh_interval
         relay = mode == "train" and self.behavior is not None and age > 0
         if mode == "train" and self.behavior is not None and age == 0:
+            if self.behavior_prefetcher is not None:
+                self.behavior_prefetcher.clear()  # nothing sampled with the old snapshot may outlive it
             start = time.perf_counter()
             self.behavior.refresh()
             self._metrics[mode]["soup/refresh_time"].append(time.perf_counter() - start)
+        if mode == "train" and self.behavior_prefetcher is not None:
+            self._prefetch_behavior_samples(inputs)
         self._relay_plan = {"relay": relay}
         self._relay_record = None
         try:
@@ -126,6 +181,8 @@ class SOUPTrainer(GRPOTrainer):
         prefix_mask = build_prefix_mask(prefix_lengths, length)
         output["prefix_mask"] = prefix_mask
         output["behavior_per_token_logps"] = behavior_per_token_logps
+        if record is not None and self.use_vllm:  # every rank: relay batches are relay batches on all ranks
+            self._restrict_vllm_correction_to_continuation(output, mode)
 
         if relay and output.get("old_per_token_logps") is None:
             output["old_per_token_logps"] = self._old_per_token_logps(output)
@@ -151,6 +208,82 @@ class SOUPTrainer(GRPOTrainer):
         return output
 
     @torch.no_grad()
+    def _restrict_vllm_correction_to_continuation(self, output, mode: str) -> None:
+        """Make prefix tokens neutral in TRL's vLLM importance-sampling correction and in its metrics.
+
+        The relay generation gave TRL NaN sampling log-probs on prefix tokens, so TRL's correction already ignored
+        them (a zero log-ratio: ratio 1 in token modes, no share of a sequence-level ratio). Here the ratio is set to
+        exactly 1 on prefix tokens in every mode (a sequence ratio is broadcast over the continuation only), the
+        behavior log-probs replace the NaN in ``sampling_per_token_logps``, and the three
+        ``sampling/importance_sampling_ratio/*`` values TRL just logged are recomputed over continuation tokens (token
+        modes) or over sequences with a continuation (sequence modes).
+        """
+        prefix_mask = output["prefix_mask"]
+        is_prefix = prefix_mask.bool()
+        sampling = output.get("sampling_per_token_logps")
+        if sampling is not None:
+            output["sampling_per_token_logps"] = torch.where(is_prefix, output["behavior_per_token_logps"], sampling)
+        ratio = output.get("importance_sampling_ratio")
+        if ratio is None:  # vllm_importance_sampling_correction=False
+            return
+        output["importance_sampling_ratio"] = continuation_importance_sampling_ratio(ratio, prefix_mask)
+        continuation = output["completion_mask"].bool() & ~is_prefix  # tools are refused: no tool_mask here
+        values = ratio[continuation.any(dim=1)].flatten() if ratio.size(1) == 1 else ratio[continuation]
+        stats = torch.full((3,), float("nan"), device=ratio.device)
+        if values.numel() > 0:  # a rank without continuation tokens reports NaN, which the reduction skips
+            stats = torch.stack([values.min(), values.mean(), values.max()])
+        gathered = self.accelerator.gather(stats.unsqueeze(0))  # (num_processes, 3)
+        for column, (name, reduce) in enumerate((("min", torch.min), ("mean", torch.mean), ("max", torch.max))):
+            finite = gathered[:, column][~gathered[:, column].isnan()]
+            value = reduce(finite).item() if finite.numel() > 0 else float("nan")
+            self._metrics[mode][f"sampling/importance_sampling_ratio/{name}"][-1] = value  # replaces TRL's value
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # Prefetching reads upcoming batches through a look-ahead on the epoch iterator; the trainer gets the same
+        # batches in the same order.
+        if self.behavior_prefetcher is not None:
+            epoch_iterator = self.behavior_prefetcher.watch(epoch_iterator)
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
+    def _prefetch_behavior_samples(self, inputs) -> None:
+        """Request the behavior responses of the next relay batches of this refresh window, at most
+        ``behavior_prefetch`` generation batches ahead; their prompts are read ahead from the epoch iterator."""
+        prefetcher = self.behavior_prefetcher
+        position = None if prefetcher.lookahead is None else prefetcher.lookahead.position(inputs)
+        decode_budget = behavior_decode_budget(self.args.prefix_strategy, self.args)
+        if position is None or decode_budget <= 0:  # not a batch of the epoch iterator, or nothing to sample
+            return
+        T = self.args.behavior_refresh_interval
+        every = self.args.steps_per_generation * self.num_iterations  # TRL generates when _step % every == 0
+        first = every - self._step % every  # micro-steps (= batches of the iterator) to the next generation
+        current = self.generation_batch_index
+        total = -(-self.state.max_steps * self.args.gradient_accumulation_steps // every)  # batches of the whole run
+        for ahead in range(1, self.args.behavior_prefetch + 1):
+            index = current + ahead
+            if index // T != current // T or index >= total:
+                break  # the next window samples with a snapshot that does not exist yet; past the end, nothing
+            batch = prefetcher.lookahead.peek(position + first + (ahead - 1) * every)
+            if batch is None:
+                break  # end of the epoch
+            if not prefetcher.has(index):
+                prompt_ids, _, _ = self._tokenize_prompts([x["prompt"] for x in batch])
+                prefetcher.submit(index, prompt_ids, decode_budget, current=current)
+
+    def _behavior_samples(self, prompt_ids, decode_budget):
+        """The behavior responses of this generation batch: the prefetched ones when they were requested for this
+        batch with the same prompts and budget, else sampled now. Logs the time the step waited for them."""
+        start = time.perf_counter()
+        samples = None
+        if self.behavior_prefetcher is not None:
+            samples = self.behavior_prefetcher.take(self.generation_batch_index, prompt_ids, decode_budget)
+            self._metrics["train"]["soup/behavior_prefetch_hit"].append(float(samples is not None))
+        prefetched = samples is not None
+        if samples is None:
+            samples = self.behavior.sample(prompt_ids, decode_budget, generation_batch_index=self.generation_batch_index)
+        self._metrics["train"]["soup/behavior_wait_time"].append(time.perf_counter() - start)
+        return samples, prefetched
+
+    @torch.no_grad()
     def _old_per_token_logps(self, output) -> torch.Tensor:
         """log pi_old of every completion token: the learner as it is at generation time (start of the step)."""
         with disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
@@ -173,7 +306,7 @@ class SOUPTrainer(GRPOTrainer):
         decode_budget = behavior_decode_budget(self.args.prefix_strategy, self.args)
         if decode_budget <= 0:  # nothing to keep from the behavior copy: every sample is on-policy
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
-        samples = self.behavior.sample(prompt_ids, decode_budget)
+        samples, prefetched = self._behavior_samples(prompt_ids, decode_budget)
         prefix_lengths = compute_prefix_lengths(
             self.args.prefix_strategy,
             samples.completion_ids,
@@ -192,32 +325,68 @@ class SOUPTrainer(GRPOTrainer):
         rows = [i for i in range(len(prompt_ids)) if not finished[i]]
 
         continuations: dict[int, list[int]] = {}
+        continuation_logps: dict[int, list[float]] = {}  # vLLM's sampling log-probs of the continuation tokens
         # Under ZeRO-3 / FSDP, generation gathers sharded weights collectively: every rank must take part even when
         # none of its rows needs a continuation, so such a rank decodes one throw-away token.
         collective = self.is_deepspeed_enabled or self.is_fsdp_enabled
-        if rows or collective:
+        # TRL's vLLM path gathers the requests of all ranks and hands the answers back in equal slices, under one
+        # max_tokens: there every rank sends one request per row (a finished row's answer is dropped) and asks for the
+        # largest budget of any rank.
+        sent = list(range(len(prompt_ids))) if self.use_vllm else rows
+        if sent or collective:
             max_budget = int(budgets[rows].max()) if rows else 1
-            saved = self.generation_config.max_new_tokens, self.generation_kwargs.get("max_new_tokens")
-            self.generation_config.max_new_tokens = max_budget
-            self.generation_kwargs["max_new_tokens"] = max_budget
-            try:
-                requests = [list(prompt_ids[i]) + prefixes[i] for i in rows] or [list(prompt_ids[0])]
-                cont_ids, _ = super()._generate_single_turn(requests, None, multimodal_fields, 1, has_tool_images)
-            finally:
-                self.generation_config.max_new_tokens, self.generation_kwargs["max_new_tokens"] = saved
-            for i, ids in zip(rows, cont_ids[: len(rows)], strict=True):
-                continuations[i] = list(ids)[: int(budgets[i])]  # per-row budget max_completion_length - len(prefix)
+            if self.use_vllm:
+                max_budget = int(self.accelerator.reduce(torch.tensor(max_budget, device=self.accelerator.device),
+                                                         reduction="max"))
+            requests = [list(prompt_ids[i]) + prefixes[i] for i in sent] or [list(prompt_ids[0])]
+            with self._continuation_budget(max_budget):
+                cont_ids, cont_logps = super()._generate_single_turn(requests, None, multimodal_fields, 1,
+                                                                     has_tool_images)
+            for k, i in enumerate(sent):
+                if not finished[i]:
+                    budget = int(budgets[i])  # per-row budget max_completion_length - len(prefix)
+                    continuations[i] = list(cont_ids[k])[:budget]
+                    if cont_logps is not None:
+                        continuation_logps[i] = list(cont_logps[k])[:budget]  # truncated exactly like the tokens
 
         completion_ids = [prefixes[i] + continuations.get(i, []) for i in range(len(prompt_ids))]
+        sampling_logps = None
+        if self.use_vllm:
+            # NaN is TRL's "no sampling log-prob" marker: its vLLM importance-sampling correction gives such a token a
+            # zero log-ratio (ratio 1, no weight in a sequence-level ratio) and leaves it out of its log-prob metrics.
+            # The prefix was sampled by the behavior copy, whose log-probs are the loss denominator there (Eq. 5);
+            # _generate_and_score_completions puts them back in place of the NaN afterwards.
+            sampling_logps = [[float("nan")] * len(prefixes[i]) + continuation_logps.get(i, [])
+                              for i in range(len(prompt_ids))]
         self._relay_record = {
             "prefix_lengths": prefix_lengths,
             "prefix_logps": [samples.per_token_logps[i, : prefix_lengths[i]].float() for i in range(len(prompt_ids))],
             "behavior_lengths": lengths,
             "no_continuation": finished,
+            "behavior_prefetched": prefetched,
             # kept for inspection and tests: the full responses the behavior copy sampled
             "behavior_completion_ids": [behavior_ids[i, : lengths[i]].tolist() for i in range(len(prompt_ids))],
         }
-        return completion_ids, None
+        return completion_ids, sampling_logps
+
+    @contextlib.contextmanager
+    def _continuation_budget(self, max_new_tokens: int):
+        """Temporarily set TRL's generation budget (transformers or vLLM) to `max_new_tokens` tokens."""
+        if self.use_vllm:
+            saved = self.vllm_generation.max_completion_length
+            self.vllm_generation.max_completion_length = max_new_tokens
+            try:
+                yield
+            finally:
+                self.vllm_generation.max_completion_length = saved
+            return
+        saved = self.generation_config.max_new_tokens, self.generation_kwargs.get("max_new_tokens")
+        self.generation_config.max_new_tokens = max_new_tokens
+        self.generation_kwargs["max_new_tokens"] = max_new_tokens
+        try:
+            yield
+        finally:
+            self.generation_config.max_new_tokens, self.generation_kwargs["max_new_tokens"] = saved
 
     # ---------------------------------------------------------------------------------------------- loss
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
@@ -304,9 +473,10 @@ class SOUPTrainer(GRPOTrainer):
         # Only mid-window is the snapshot needed: at a window boundary the next batch refreshes it anyway.
         mid_window = self.behavior is not None and self.generation_batch_index % self.args.behavior_refresh_interval != 0
         rank = self.accelerator.process_index
+        os.makedirs(output_dir, exist_ok=True)  # another rank may get here before the main process created it
         torch.save({"prefix_generator": self.prefix_generator.get_state()},
                    os.path.join(output_dir, f"soup_rng_state_{rank}.pt"))
-        if mid_window and self.args.should_save:
+        if mid_window:  # every rank: a ZeRO-3 snapshot is gathered collectively; the backend writes on the main process
             self.behavior.save_snapshot(os.path.join(output_dir, SNAPSHOT_DIR))
         if self.args.should_save:
             state = {

@@ -38,9 +38,15 @@ class BehaviorBackend(ABC):
         """Copy the learner's current weights into the behavior copy."""
 
     @abstractmethod
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int) -> BehaviorSamples:
+    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
+               generation_batch_index: int | None = None) -> BehaviorSamples:
         """Sample one response of at most ``max_new_tokens`` tokens per prompt row with the behavior copy, with its
-        log-probs and entropies."""
+        log-probs and entropies.
+
+        The result must be a deterministic function of (snapshot, prompt ids, budget, generation batch index, rank,
+        run seed), independent of when it is called (see :func:`trl_soup.behavior.prefetch.behavior_sampling_seed`):
+        that is what makes prefetching and resuming exact. ``generation_batch_index`` defaults to the trainer's.
+        """
 
     @abstractmethod
     def save_snapshot(self, directory: str) -> None:

@@ -6,6 +6,12 @@
 - PEFT: a second adapter named ``"behavior"`` next to the trained one (the same trick TRL uses for its ``"ref"``
   adapter): the base weights are shared, only the adapter is copied.
 
+DeepSpeed ZeRO-3: the full copy is prepared like TRL's reference model (``prepare_deepspeed``), so its parameters are
+partitioned across ranks too (PEFT under ZeRO-3 is refused in this release). Every weight copy
+(refresh, snapshot save and load) gathers one tensor at a time: each rank must take part, in the same order, and the
+memory peak is one full tensor. Generation gathers the whole copy like TRL's ``unwrap_model_for_generation`` (or runs
+with partitioned weights when ``ds3_gather_for_generation=False``); the scoring forward runs on partitioned weights.
+
 Sampling uses the trainer's own generation config (temperature, top-p, top-k, ...) and the response is then scored by
 a forward of the frozen copy, so behavior log-probs are exact and temperature-scaled exactly like TRL's
 ``per_token_logps``.
@@ -15,13 +21,21 @@ from __future__ import annotations
 
 import copy
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import is_peft_model
 
-from .._compat import add_fused_lm_head, no_init_weights, pad, unwrap_model_for_generation, use_adapter
+from .._compat import (
+    add_fused_lm_head,
+    no_init_weights,
+    pad,
+    prepare_deepspeed,
+    unwrap_model_for_generation,
+    use_adapter,
+)
 from .base import BehaviorBackend, BehaviorSamples
+from .prefetch import behavior_sampling_seed, seeded_rng
 
 BEHAVIOR_ADAPTER = "behavior"
 SNAPSHOT_FILE = "behavior_snapshot.pt"
@@ -33,6 +47,56 @@ def _clone_state_dict_keeping_ties(state: dict[str, torch.Tensor]) -> dict[str, 
     return {k: clones.setdefault(v.data_ptr(), v.detach().clone()) for k, v in state.items()}
 
 
+def is_zero3(accelerator) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the parameters."""
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def gathered(tensors, enabled: bool, modifier_rank: int | None = None):
+    """All-gather ZeRO-3 partitioned ``tensors`` for the duration of the block (a collective: every rank must enter).
+
+    With ``modifier_rank`` set, what that rank writes into the gathered tensors is broadcast and re-partitioned on exit;
+    without it, writes are dropped. Tensors that are not ZeRO-3 parameters (buffers, persistent small parameters, any
+    tensor when ``enabled`` is False) are left alone.
+    """
+    if not enabled:
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(tensors), modifier_rank=modifier_rank)
+
+
+def _init_deepspeed_comm() -> None:
+    """Make DeepSpeed's communication layer wrap the process group accelerate set up.
+
+    ``zero.Init`` reads the world size from it before initialising it itself; with ``use_cpu`` accelerate starts plain
+    ``torch.distributed`` (gloo), so DeepSpeed would count one process and reject the batch sizes.
+    ``deepspeed.initialize`` makes the same call a moment later anyway.
+    """
+    from deepspeed import comm
+    from deepspeed.accelerator import get_accelerator
+
+    if not comm.is_initialized():
+        comm.init_distributed(dist_backend=get_accelerator().communication_backend_name(), auto_mpi_discovery=False)
+
+
+@torch.no_grad()
+def copy_tensors(pairs, zero3: bool) -> None:
+    """``target <- source`` for each ``(source, target)`` pair, one gathered pair at a time under ZeRO-3.
+
+    Every rank gathers the full source and target and writes the same values; rank 0's write is the one re-partitioned
+    (``modifier_rank=0``). A target shared by several names (tied embeddings) is written once.
+    """
+    done: set[int] = set()
+    for source, target in pairs:
+        if id(target) in done:
+            continue
+        done.add(id(target))
+        with gathered([source], zero3), gathered([target], zero3, modifier_rank=0):
+            target.data.copy_(source.data)
+
+
 class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter)."""
 
@@ -40,6 +104,14 @@ class LocalBehaviorBackend(BehaviorBackend):
         self.trainer = trainer
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
+        self.zero3 = is_zero3(trainer.accelerator)
+        self._engine = None  # the DeepSpeed engine around the snapshot under ZeRO-3 (it owns the gathering hooks)
+        if self.is_peft and self.zero3:
+            raise ValueError(
+                "behavior_backend='local' does not support a PEFT model under DeepSpeed ZeRO-3 in this release (the "
+                "behavior adapter would be partitioned with the learner; that path is not tested). Allowed: full "
+                "fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
+            )
         if self.is_peft:
             trained = learner.active_adapter
             if not isinstance(trained, str):
@@ -59,51 +131,90 @@ class LocalBehaviorBackend(BehaviorBackend):
             if not self._pairs:
                 raise ValueError(f"No parameters of the PEFT adapter {trained!r} were found to copy.")
             self.snapshot = None
+        elif self.zero3:
+            # Like TRL's reference model under ZeRO-3: built partitioned (zero.Init through _from_config when the
+            # HF DeepSpeed config is active), wrapped by prepare_deepspeed, then filled from the learner.
+            _init_deepspeed_comm()
+            with no_init_weights():
+                snapshot = type(learner)._from_config(copy.deepcopy(learner.config), dtype=learner.dtype)
+            self._prepare_snapshot(snapshot)
+            self._engine = prepare_deepspeed(snapshot, trainer.accelerator)
+            self.snapshot = snapshot
+            self.refresh()
         else:
             config = copy.deepcopy(learner.config)
             with no_init_weights():
                 snapshot = type(learner)(config)
             snapshot.load_state_dict(_clone_state_dict_keeping_ties(learner.state_dict()), assign=True, strict=True)
-            snapshot.to(next(learner.parameters()).device)  # non-persistent buffers (e.g. rotary) follow
-            snapshot.requires_grad_(False)
-            snapshot.eval()
-            snapshot.generation_config = copy.deepcopy(trainer.generation_config)
-            # The same scoring head TRL adds to the learner (temperature-scaled log-probs and entropies), added to the
-            # fresh copy rather than inherited from it.
-            add_fused_lm_head(snapshot, temperature=trainer.temperature, outputs=("log_probs", "entropy"))
+            # The training device, not the learner's: under DeepSpeed ZeRO-1/2 the learner is still on the CPU here
+            # (the engine moves it at train time). Non-persistent buffers (e.g. rotary) follow.
+            snapshot.to(trainer.accelerator.device)
+            self._prepare_snapshot(snapshot)
             self.snapshot = snapshot
 
+    def _prepare_snapshot(self, snapshot) -> None:
+        snapshot.requires_grad_(False)
+        snapshot.eval()
+        snapshot.generation_config = copy.deepcopy(self.trainer.generation_config)
+        # The same scoring head TRL adds to the learner (temperature-scaled log-probs and entropies), added to the
+        # fresh copy rather than inherited from it.
+        add_fused_lm_head(snapshot, temperature=self.trainer.temperature, outputs=("log_probs", "entropy"))
+
     # ------------------------------------------------------------------------------------------------ weights
+    def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
+        """The behavior copy's weights by name (parameters kept as parameters, partitioned under ZeRO-3)."""
+        if self.is_peft:
+            return {str(i): behavior for i, (_, behavior) in enumerate(self._pairs)}
+        return self.snapshot.state_dict(keep_vars=True)
+
     @torch.no_grad()
     def refresh(self) -> None:
         if self.is_peft:
-            for trained, behavior in self._pairs:
-                behavior.data.copy_(trained.data)
-        else:
-            learner = self.trainer.accelerator.unwrap_model(self.trainer.model)
-            self.snapshot.load_state_dict(learner.state_dict(), strict=True)
+            copy_tensors(self._pairs, self.zero3)
+            return
+        source = self.trainer.accelerator.unwrap_model(self.trainer.model).state_dict(keep_vars=True)
+        target = self._snapshot_tensors()
+        if source.keys() != target.keys():
+            raise RuntimeError(
+                f"The learner and the behavior copy have different weights: {sorted(source.keys() ^ target.keys())}."
+            )
+        copy_tensors(((source[name], target[name]) for name in target), self.zero3)
 
     def save_snapshot(self, directory: str) -> None:
+        """Called on every rank (gathering a ZeRO-3 snapshot is a collective); only the main process writes."""
+        write = self.trainer.args.should_save
+        state = {}
+        for name, tensor in self._snapshot_tensors().items():
+            with gathered([tensor], self.zero3):
+                if write:
+                    state[name] = tensor.detach().to("cpu", copy=True)
+        if not write:
+            return
         os.makedirs(directory, exist_ok=True)
         if self.is_peft:
-            state = {"adapter": [behavior.detach().cpu() for _, behavior in self._pairs]}
+            state = {"adapter": [state[str(i)] for i in range(len(self._pairs))]}
         else:
-            state = {"model": {k: v.detach().cpu() for k, v in self.snapshot.state_dict().items()}}
+            state = {"model": state}
         torch.save(state, os.path.join(directory, SNAPSHOT_FILE))
 
     @torch.no_grad()
     def load_snapshot(self, directory: str) -> None:
         state = torch.load(os.path.join(directory, SNAPSHOT_FILE), map_location="cpu", weights_only=True)
+        target = self._snapshot_tensors()
         if self.is_peft:
             tensors = state["adapter"]
             if len(tensors) != len(self._pairs):
                 raise ValueError(
                     f"Saved behavior adapter has {len(tensors)} tensors, this model's adapter has {len(self._pairs)}."
                 )
-            for (_, behavior), saved in zip(self._pairs, tensors, strict=True):
-                behavior.data.copy_(saved)
+            saved = {str(i): tensor for i, tensor in enumerate(tensors)}
         else:
-            self.snapshot.load_state_dict(state["model"], strict=True)
+            saved = state["model"]
+            if saved.keys() != target.keys():
+                raise ValueError(
+                    f"The saved behavior snapshot does not match this model: {sorted(saved.keys() ^ target.keys())}."
+                )
+        copy_tensors(((saved[name], target[name]) for name in target), self.zero3)
 
     # ------------------------------------------------------------------------------------------------ sampling
     @contextmanager
@@ -111,7 +222,18 @@ class LocalBehaviorBackend(BehaviorBackend):
         """The behavior policy as a callable model: the snapshot, or the learner with the behavior adapter active."""
         trainer = self.trainer
         if not self.is_peft:
-            yield self.snapshot
+            if for_generation and self._engine is not None:
+                # ZeRO-3: gather the whole copy for generation (as TRL does for the learner), so each rank decodes on
+                # its own; with ds3_gather_for_generation=False every decoding step gathers layer by layer instead.
+                with unwrap_model_for_generation(
+                    self._engine,
+                    trainer.accelerator,
+                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                    generation_kwargs=generation_kwargs,
+                ) as unwrapped:
+                    yield unwrapped
+            else:
+                yield self.snapshot  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer in the forward
             return
 
         if for_generation:
@@ -161,14 +283,19 @@ class LocalBehaviorBackend(BehaviorBackend):
         return logps, entropies
 
     @torch.no_grad()
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int) -> BehaviorSamples:
+    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
+               generation_batch_index: int | None = None) -> BehaviorSamples:
         trainer = self.trainer
         device = trainer.accelerator.device
         p_ids, p_mask = self._pad_prompts(prompt_ids)
         generation_config = copy.copy(trainer.generation_config)
         generation_config.max_new_tokens = max_new_tokens
         generation_kwargs = {**trainer.generation_kwargs, "max_new_tokens": max_new_tokens}
-        with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model:
+        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
+        # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it is
+        # drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
+        seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
+        with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
             out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config)
         c_ids = out[:, p_ids.size(1):]
         # Keep tokens up to and including the first EOS (the same rule as TRL's transformers path).

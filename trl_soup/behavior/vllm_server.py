@@ -27,6 +27,8 @@ from accelerate.utils import is_peft_model
 
 from ..core import entropy_from_top_logprobs
 from .base import BehaviorBackend, BehaviorSamples
+from .local import gathered, is_zero3
+from .prefetch import behavior_sampling_seed
 from .server_client import BehaviorServerClient, BehaviorServerError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -172,26 +174,33 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         trainer = self.trainer
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.refresh_count += 1
-        if trainer.accelerator.is_main_process:
-            target = os.path.join(self.refresh_dir, f"refresh-{self.refresh_count}")
-            if self.method == "lora":
-                learner.save_pretrained(target, selected_adapters=[learner.active_adapter])
-                self._load_adapter(self._adapter_path(target))
-            else:
-                save_for_server(learner, target)  # also kept for mid-window checkpoints with "nccl"
-                if self.method == "disk":
-                    self._reload(target)
-                else:
-                    state = server_state_dict(learner)
-                    metadata = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
-                    self._nccl.update_named_params(metadata, ((k, v.cuda()) for k, v in state.items()))
-                self.client.reset_prefix_cache()
-            previous = os.path.join(self.refresh_dir, f"refresh-{self.refresh_count - 1}")
-            if os.path.isdir(previous):
-                shutil.rmtree(previous)
+        # Under ZeRO-3 every rank takes part in gathering the full weights (a collective; the whole model is held on
+        # each rank for the duration, as in TRL's vLLM weight sync under PEFT); only the main process writes them.
+        with gathered(list(learner.parameters()), is_zero3(trainer.accelerator)):
+            if trainer.accelerator.is_main_process:
+                self._push(learner)
         if self.method == "lora":
             self.model_name = f"{LORA_PREFIX}-{self.refresh_count}"
         trainer.accelerator.wait_for_everyone()
+
+    def _push(self, learner) -> None:
+        """Main process: write the learner's (gathered) weights and make the server load them."""
+        target = os.path.join(self.refresh_dir, f"refresh-{self.refresh_count}")
+        if self.method == "lora":
+            learner.save_pretrained(target, selected_adapters=[learner.active_adapter])
+            self._load_adapter(self._adapter_path(target))
+        else:
+            save_for_server(learner, target)  # also kept for mid-window checkpoints with "nccl"
+            if self.method == "disk":
+                self._reload(target)
+            else:
+                state = server_state_dict(learner)
+                metadata = [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in state.items()]
+                self._nccl.update_named_params(metadata, ((k, v.cuda()) for k, v in state.items()))
+            self.client.reset_prefix_cache()
+        previous = os.path.join(self.refresh_dir, f"refresh-{self.refresh_count - 1}")
+        if os.path.isdir(previous):
+            shutil.rmtree(previous)
 
     def _reload(self, directory: str) -> None:
         """Reload the server's weights from ``directory``. A failed reload leaves a vLLM server unusable (its layers
@@ -224,6 +233,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         return os.path.join(self.refresh_dir, f"refresh-{self.refresh_count}")
 
     def save_snapshot(self, directory: str) -> None:
+        if not self.trainer.args.should_save:  # called on every rank; the files are copied once
+            return
         shutil.copytree(self._current_dir(), directory, dirs_exist_ok=True)
         with open(os.path.join(directory, "soup_server_snapshot.json"), "w") as f:
             json.dump({"refresh_count": self.refresh_count, "method": self.method}, f)
@@ -258,14 +269,19 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         trainer.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------ sampling
-    def _row_seeds(self, count: int) -> list[int]:
+    def _row_seeds(self, count: int, generation_batch_index: int | None = None) -> list[int]:
+        """One seed per row, a function of (run seed, generation batch, rank, row) only: a prefetched request and a
+        synchronous one for the same batch sample the same responses."""
         trainer = self.trainer
+        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
         generator = torch.Generator().manual_seed(
-            trainer.args.seed * 1_000_003 + trainer.generation_batch_index * 7_919 + trainer.accelerator.process_index
+            behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
         )
         return torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
 
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int) -> BehaviorSamples:
+    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
+               generation_batch_index: int | None = None) -> BehaviorSamples:
+        """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread."""
         trainer = self.trainer
         args = trainer.args
         top_k = args.prefix_entropy_logprobs
@@ -284,7 +300,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
-        seeds = self._row_seeds(len(prompt_ids))
+        seeds = self._row_seeds(len(prompt_ids), generation_batch_index)
 
         def send(row: int) -> dict:
             return self.client.complete({**base, "prompt": list(prompt_ids[row]), "seed": seeds[row]})[0]
