@@ -28,8 +28,7 @@ Launch (from the repository root; accelerate configs in recipes/accelerate_confi
         --config recipes/configs/r1-distill-qwen-1.5b_openr1-math-46k_soup.yaml
     accelerate launch --config_file recipes/accelerate_configs/zero3.yaml recipes/soup_math.py \
         --config recipes/configs/r1-distill-qwen-1.5b_openr1-math-46k_dapo.yaml
-    # (ddp.yaml and zero2.yaml work the same way; see README "Limits of this release" for the DeepSpeed stages
-    #  SOUPTrainer accepts in your version.)
+    # (ddp.yaml and zero2.yaml work the same way; docs/distributed.md explains what ZeRO-3 does to the behavior copy.)
 
     # CPU, no download: any local model directory and a local json/jsonl/parquet file or save_to_disk directory
     accelerate launch --config_file recipes/accelerate_configs/cpu_ddp.yaml recipes/soup_math.py --use_cpu \

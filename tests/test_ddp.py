@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from launch import accelerate_launch
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ddp_train.py"
-ACCELERATE_CONFIG = REPO / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"
 MAX_STEPS, REFRESH_INTERVAL, WORLD_SIZE = 6, 3, 2
 RELAY_STEPS = [step for step in range(1, MAX_STEPS + 1) if (step - 1) % REFRESH_INTERVAL > 0]  # 2, 3, 5, 6
 REFRESH_STEPS = [step for step in range(1, MAX_STEPS + 1) if step not in RELAY_STEPS]  # 1, 4
@@ -28,28 +26,7 @@ REFRESH_STEPS = [step for step in range(1, MAX_STEPS + 1) if step not in RELAY_S
 def ddp_result(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     result_path = out / "result.json"
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-    )
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ACCELERATE_CONFIG),
-        str(SCRIPT), str(result_path),
-    ]  # fmt: skip
-    try:
-        process = subprocess.run(command, cwd=out, env=env, capture_output=True, text=True, timeout=600)
-    except subprocess.TimeoutExpired as error:
-        pytest.fail(f"DDP run timed out after 600 s.\nstdout:\n{error.stdout}\nstderr:\n{error.stderr}")
-    if process.returncode != 0:
-        pytest.fail(
-            f"DDP run exited with {process.returncode}.\nstdout (tail):\n{process.stdout[-5000:]}\n"
-            f"stderr (tail):\n{process.stderr[-20000:]}"
-        )
+    process = accelerate_launch("cpu_ddp.yaml", SCRIPT, [str(result_path)], out, timeout=600, what="DDP run")
     assert result_path.exists(), f"the main process wrote no result file.\nstderr:\n{process.stderr[-20000:]}"
     with open(result_path) as f:
         return json.load(f)

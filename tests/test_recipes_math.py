@@ -265,3 +265,24 @@ def test_soup_recipe_two_process_ddp(tiny_setup):
     _check_relay_schedule(logs)
     # 4 completions per rank and step, 2 ranks: 8 completions of 4 samples = 2 prompts per step over both ranks
     assert args.generation_batch_size == 8  # per_device 4 x 2 processes x 1 step per generation: both ranks counted
+
+
+@pytest.mark.slow
+def test_soup_recipe_two_process_zero3(tiny_setup):
+    """accelerate launch with recipes/accelerate_configs/cpu_zero3.yaml (2 processes, DeepSpeed ZeRO-3): the relay
+    schedule holds, and the model saved at the end is whole (gathered from the partitions) and trained.
+    Partitioning itself is checked inside the run by tests/test_zero3.py."""
+    from safetensors.torch import load_file
+
+    launcher = ("-m", "accelerate.commands.launch", "--config_file",
+                str(ROOT / "recipes" / "accelerate_configs" / "cpu_zero3.yaml"))
+    logs, args, _ = _run(tiny_setup, "zero3", ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
+                         launcher=launcher, per_device_batch=4)
+    _check_relay_schedule(logs)
+    assert args.generation_batch_size == 8  # both ranks counted
+    saved = load_file(tiny_setup / "zero3" / "model.safetensors")
+    initial = load_file(tiny_setup / "model" / "model.safetensors")
+    assert saved.keys() == initial.keys()
+    for name, tensor in initial.items():
+        assert saved[name].shape == tensor.shape, name  # no empty ZeRO-3 placeholder was written
+    assert any(not torch.equal(saved[name], tensor) for name, tensor in initial.items())  # it trained
