@@ -7,22 +7,32 @@ script prints per-step medians, the ratios SOUP / GRPO and SOUP's time breakdown
 
     python benchmarks/soup_vs_grpo.py                                   # local backend, ratio 0.5, T 8
     python benchmarks/soup_vs_grpo.py --prefix_strategy fixed_budget    # decode only the prefix (Appendix C)
+    python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2   # behavior server, 2 batches sampled ahead
 
-Modes: `local` (the in-process behavior copy, CPU or GPU). The vLLM-server and GPU 0.5B modes are not written yet.
+Modes: `local` (the in-process behavior copy, CPU or GPU); `vllm_server` (the script starts a vLLM behavior server on
+the toy model with `python -m trl_soup.serve_behavior`, or uses `--server_url`). `--prefetch N` sets
+`behavior_prefetch` (vllm_server only). "behavior_wait" in SOUP's time breakdown is the time a step waited for behavior
+samples (all of their sampling time without prefetching); with prefetching the behavior tokens that were ready in time
+leave the critical-path decode count.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import time
+import urllib.request
 
-KEYS = ("step_time", "behavior_sample", "continuation", "logp_forwards", "refresh", "decode_critical", "decode_total")
+KEYS = ("step_time", "behavior_sample", "behavior_wait", "continuation", "logp_forwards", "refresh", "decode_critical",
+        "decode_total")
 
 
 def worker(args) -> None:
@@ -63,15 +73,19 @@ def worker(args) -> None:
                 length = logs["completions/mean_length"] * batch
                 behavior = logs.get("soup/behavior_length/mean", 0.0) * batch
                 prefix = logs.get("soup/prefix_length/mean", 0.0) * batch
+                prefetched = logs.get("soup/behavior_prefetch_hit", 0.0)  # 1.0 when this step's samples were prefetched
+                wait = logs.get("soup/behavior_wait_time", 0.0)  # inside generation, on the critical path
                 steps.append({
                     "step_time": logs["step_time"],
-                    # Without prefetching every decoded token is on the critical path: behavior + continuation.
                     "decode_total": behavior + (length - prefix),
-                    "decode_critical": behavior + (length - prefix),
+                    # Behavior tokens sampled ahead, while an earlier step trained, are off the critical path.
+                    "decode_critical": behavior * (1.0 - prefetched) + (length - prefix),
+                    "behavior_wait": wait,
+                    # behavior_sample counts all sampling time, in the background too when prefetching.
                     **{k: timings.pop(k, 0.0) for k in ("behavior_sample", "logp_forwards", "refresh")},
                 })
-                # Decoding by the current policy: everything generated minus what the behavior copy sampled.
-                steps[-1]["continuation"] = timings.pop("generation", 0.0) - steps[-1]["behavior_sample"]
+                # Decoding by the current policy: everything generated minus the wait for behavior samples.
+                steps[-1]["continuation"] = timings.pop("generation", 0.0) - wait
 
     common = dict(output_dir=os.path.join(args.output_dir, args.worker), **{
         k: v for k, v in toy.TOY_TRAINING_DEFAULTS.items() if k not in ("max_steps", "per_device_train_batch_size",
@@ -79,11 +93,20 @@ def worker(args) -> None:
         max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=1e-4,
         max_completion_length=args.max_completion_length, disable_tqdm=True)
     if args.worker == "soup":
+        server = {} if args.mode == "local" else dict(
+            behavior_backend="vllm_server", behavior_server_base_url=args.server_url,
+            behavior_refresh_dir=os.path.join(args.output_dir, "refresh"))
         config = SOUPConfig(**common, prefix_ratio=args.prefix_ratio, behavior_refresh_interval=args.refresh_interval,
-                            prefix_strategy=args.prefix_strategy)
+                            prefix_strategy=args.prefix_strategy, behavior_prefetch=args.prefetch, **server)
     else:
         config = GRPOConfig(**common)
-    model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    if args.mode == "vllm_server":  # the model the server was started from
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(os.path.join(args.output_dir, "model"))
+        tokenizer = toy.build_tokenizer()
+    else:
+        model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
     trainer = Timed(model=model, reward_funcs=toy.char_match_reward, args=config,
                     train_dataset=toy.build_dataset(4096, seed=0), processing_class=tokenizer, callbacks=[Collect()])
     if args.worker == "soup":
@@ -106,13 +129,61 @@ def run_child(args, which: str, index: int) -> dict:
         return json.load(f)
 
 
+@contextlib.contextmanager
+def behavior_server(args):
+    """Yield the behavior server's URL: `--server_url`, or a server started here on the toy model (CPU flags)."""
+    from trl_soup import toy
+
+    model_dir = os.path.join(args.output_dir, "model")
+    model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
+    if args.server_url:
+        yield args.server_url
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "trl_soup.serve_behavior", "--model", model_dir, "--port", str(port), "--dtype",
+               "float32", "--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--", "--enforce-eager",
+               "--seed", "0"]
+    log = open(os.path.join(args.output_dir, "server.log"), "wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the behavior server exited (code {process.returncode}); see {log.name}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the behavior server at {url} did not start in 600 s; see {log.name}")
+            time.sleep(1)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        log.close()
+
+
 def median(rows, key):
     return statistics.median(r[key] for r in rows) if rows else float("nan")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", default="local", choices=["local"])
+    parser.add_argument("--mode", default="local", choices=["local", "vllm_server"])
+    parser.add_argument("--prefetch", type=int, default=0, help="behavior_prefetch (vllm_server mode only)")
+    parser.add_argument("--server_url", default=None, help="vllm_server mode: use this server instead of starting one")
     parser.add_argument("--prefix_ratio", type=float, default=0.5)
     parser.add_argument("--refresh_interval", type=int, default=8)
     parser.add_argument("--prefix_strategy", default="ratio")
@@ -131,25 +202,30 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.prefetch and args.mode != "vllm_server":
+        parser.error("--prefetch needs --mode vllm_server (behavior_prefetch is refused with the local backend)")
     os.makedirs(args.output_dir, exist_ok=True)
     runs = {"grpo": [], "soup": []}
-    for index in range(args.repeats):
-        for which in ("grpo", "soup"):
-            runs[which].append(run_child(args, which, index))
+    with behavior_server(args) if args.mode == "vllm_server" else contextlib.nullcontext(None) as url:
+        args.server_url = url
+        for index in range(args.repeats):
+            for which in ("grpo", "soup"):
+                runs[which].append(run_child(args, which, index))
     steps = {k: [s for run in v for s in run["steps"]] for k, v in runs.items()}
     peak = {k: max(run["peak_rss_mib"] for run in v) for k, v in runs.items()}
     table = {which: {key: median(steps[which], key) for key in KEYS} for which in runs}
     ratio = lambda key: table["soup"][key] / table["grpo"][key] if table["grpo"][key] else float("nan")  # noqa: E731
-    print(f"mode={args.mode} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
+    print(f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
           f"batch={args.batch_size} max_len={args.max_completion_length} steps={args.steps} x {args.repeats}")
     print(f"{'median per step':<28}{'GRPO':>12}{'SOUP':>12}{'SOUP/GRPO':>12}")
     for key in ("step_time", "decode_critical", "decode_total"):
         print(f"{key:<28}{table['grpo'][key]:>12.4f}{table['soup'][key]:>12.4f}{ratio(key):>12.3f}")
     print(f"{'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
     print("SOUP time breakdown (median s/step): " + ", ".join(
-        f"{k} {table['soup'][k]:.4f}" for k in ("behavior_sample", "continuation", "logp_forwards", "refresh")))
+        f"{k} {table['soup'][k]:.4f}"
+        for k in ("behavior_wait", "behavior_sample", "continuation", "logp_forwards", "refresh")))
     summary = {
-        "mode": args.mode, "prefix_strategy": args.prefix_strategy, "prefix_ratio": args.prefix_ratio,
+        "mode": args.mode, "prefetch": args.prefetch, "prefix_strategy": args.prefix_strategy, "prefix_ratio": args.prefix_ratio,
         "refresh_interval": args.refresh_interval, "step_time_ratio": ratio("step_time"),
         "peak_memory_ratio": peak["soup"] / peak["grpo"], "critical_path_decode_ratio": ratio("decode_critical"),
         "total_decode_ratio": ratio("decode_total"),

@@ -29,3 +29,17 @@ def test_benchmark_reports_ratios(tmp_path):
     assert summary["total_decode_ratio"] > 1.0
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["summary"] == summary
+    # Without prefetching a relay step waits for all of its behavior sampling, and every decoded token is on the
+    # critical path.
+    soup = saved["medians"]["soup"]
+    assert soup["behavior_wait"] > 0 and summary["prefetch"] == 0
+    assert summary["critical_path_decode_ratio"] == summary["total_decode_ratio"]
+
+
+def test_benchmark_refuses_prefetch_with_local_backend(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--prefetch", "1", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2 and "--prefetch needs --mode vllm_server" in result.stderr
