@@ -92,3 +92,30 @@ def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, promp
         served_logps = probe_logps(url, tokenizer, trainer.behavior.model_name)
         assert (expected - before).abs().max() > 1e-3  # the learner moved before the second refresh
         torch.testing.assert_close(served_logps, expected, atol=1e-3, rtol=0)
+
+
+def test_vllm_server_continuations(tmp_path, tokenizer, make_model, prompt_dataset):
+    """use_vllm=True, vllm_mode="server": continuations come from a vLLM server (TRL syncs it over NCCL); on relay
+    batches every prefix token has importance-sampling ratio exactly 1 and training runs two relay windows."""
+    pytest.importorskip("vllm")
+    from urllib.parse import urlparse
+
+    from trl_soup.toy import save_toy_model
+    from vllm_server import start_vllm_server
+
+    served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
+    with start_vllm_server(served) as url:
+        address = urlparse(str(url))
+        args = soup_args(tmp_path, use_cpu=False, use_vllm=True, vllm_mode="server",
+                         vllm_server_base_url=f"http://{address.hostname}:{address.port}",
+                         behavior_refresh_interval=3, max_steps=6)
+        trainer = RecordingTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                                   train_dataset=prompt_dataset, processing_class=tokenizer)
+        trainer.train()
+    assert len(trainer.batches) == 4  # steps 2, 3, 5, 6
+    for batch in trainer.batches:
+        prefix = batch["prefix_mask"].bool()
+        assert prefix.any()
+        ratio = batch.get("importance_sampling_ratio")
+        if ratio is not None:
+            assert torch.all(ratio.expand_as(prefix)[prefix] == 1.0)
