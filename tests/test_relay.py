@@ -297,3 +297,30 @@ def test_position_statistics_switch(tmp_path, tokenizer, make_model, prompt_data
         assert all(h[f"soup/position/entropy/bin_{i}"] is None or h[f"soup/position/entropy/bin_{i}"] >= 0
                    for i in range(10))
         assert h["soup/position/entropy/bin_0"] is not None  # every response has a first 10%
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model, prompt_dataset, peft):
+    """The local backend reads behavior log-probs and entropies from generate's own forward passes; they equal a
+    separate scoring forward of the sampled responses (left-padded prompts of unequal lengths, EOS mid-batch)."""
+    kwargs = {}
+    if peft:
+        from peft import LoraConfig
+
+        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                           task_type="CAUSAL_LM")
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12)
+    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                          train_dataset=prompt_dataset, processing_class=tokenizer, **kwargs)
+    behavior = trainer.behavior
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("1+2=", "copy:123=", "9", "45+6=")]
+    samples = behavior.sample(prompts, 12, generation_batch_index=1)
+    mask = samples.mask.bool()
+    assert samples.completion_ids.size(1) > 1 and mask.sum() > 4
+    responses = [samples.completion_ids[i, mask[i]].tolist() for i in range(len(prompts))]
+    logps, entropies = behavior.score(prompts, responses)
+    width = logps.size(1)
+    torch.testing.assert_close(samples.per_token_logps[:, :width][mask[:, :width]], logps[mask[:, :width]],
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(samples.entropies[:, :width][mask[:, :width]], entropies[mask[:, :width]],
+                               atol=1e-5, rtol=1e-5)

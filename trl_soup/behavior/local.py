@@ -12,9 +12,9 @@ partitioned across ranks too (PEFT under ZeRO-3 is refused in this release). Eve
 memory peak is one full tensor. Generation gathers the whole copy like TRL's ``unwrap_model_for_generation`` (or runs
 with partitioned weights when ``ds3_gather_for_generation=False``); the scoring forward runs on partitioned weights.
 
-Sampling uses the trainer's own generation config (temperature, top-p, top-k, ...) and the response is then scored by
-a forward of the frozen copy, so behavior log-probs are exact and temperature-scaled exactly like TRL's
-``per_token_logps``.
+Sampling uses the trainer's own generation config (temperature, top-p, top-k, ...). The behavior log-probs and
+entropies are read from generate's own forward passes (``SamplingLogprobRecorder``), temperature-scaled exactly like
+TRL's ``per_token_logps``; under ZeRO-3 the sampled response is scored by a forward of the frozen copy instead.
 """
 
 from __future__ import annotations
@@ -95,6 +95,47 @@ def copy_tensors(pairs, zero3: bool) -> None:
         done.add(id(target))
         with gathered([source], zero3), gathered([target], zero3, modifier_rank=0):
             target.data.copy_(source.data)
+
+
+class SamplingLogprobRecorder:
+    """Forward hook on the model ``generate`` runs: log pi_behavior and entropy of every sampled token, read from the
+    logits ``generate`` computes anyway, so no scoring forward is needed afterwards.
+
+    Each forward call of ``generate`` yields the distribution of the next token, ``log_softmax(logits / temperature)``
+    (the same temperature scaling as TRL's ``per_token_logps``; logits processors such as top-p never enter it). The
+    token drawn from it is the last input id of the following call; the last token of all is read from the output.
+    Only one ``(batch, vocab)`` distribution is held at a time. Valid when every forward call appends one token to
+    every row, which holds for plain ``generate`` (not for ZeRO-3's ``synced_gpus``, whose finished ranks keep calling
+    forward).
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.pending: torch.Tensor | None = None  # (B, V) log-probs of the token being sampled
+        self.logps: list[torch.Tensor] = []
+        self.entropies: list[torch.Tensor] = []
+
+    def __call__(self, module, args, kwargs, output):
+        if self.pending is not None:
+            self._record(kwargs["input_ids"][:, -1])
+        logps = torch.log_softmax(output.logits[:, -1].float() / self.temperature, dim=-1)
+        self.entropies.append(-(logps.exp() * logps).sum(-1))  # H = -sum_v p log p
+        self.pending = logps
+
+    def _record(self, tokens: torch.Tensor) -> None:
+        self.logps.append(self.pending.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+        self.pending = None
+
+    def result(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, C)`` log-probs and entropies for the ``(B, C)`` tokens ``generate`` returned."""
+        if self.pending is not None:
+            self._record(completion_ids[:, -1])
+        if len(self.logps) != completion_ids.size(1):
+            raise RuntimeError(
+                f"generate made {len(self.logps)} sampling steps for {completion_ids.size(1)} tokens; cannot align the "
+                "behavior log-probs."
+            )
+        return torch.stack(self.logps, dim=1), torch.stack(self.entropies, dim=1)
 
 
 class LocalBehaviorBackend(BehaviorBackend):
@@ -295,8 +336,17 @@ class LocalBehaviorBackend(BehaviorBackend):
         # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it is
         # drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
         seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
+        # Behavior log-probs and entropies come from the sampling forward passes themselves (no scoring forward),
+        # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).
+        recorder = None if self.zero3 else SamplingLogprobRecorder(trainer.temperature)
         with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
-            out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config)
+            hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
+            handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
+            try:
+                out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config)
+            finally:
+                if handle is not None:
+                    handle.remove()
         c_ids = out[:, p_ids.size(1):]
         # Keep tokens up to and including the first EOS (the same rule as TRL's transformers path).
         is_eos = torch.isin(c_ids, torch.tensor(trainer.eos_token_ids, device=device))
@@ -305,7 +355,10 @@ class LocalBehaviorBackend(BehaviorBackend):
         positions = torch.arange(c_ids.size(1), device=device).unsqueeze(0)
         c_mask = (positions <= eos_idx.unsqueeze(1)).long()
         c_ids = c_ids.masked_fill(c_mask == 0, trainer._tokenizer.pad_token_id)
-        logps, entropies = self._score_padded(p_ids, p_mask, c_ids, c_mask)
+        if recorder is not None:
+            logps, entropies = recorder.result(out[:, p_ids.size(1):])
+        else:
+            logps, entropies = self._score_padded(p_ids, p_mask, c_ids, c_mask)
         return BehaviorSamples(
             completion_ids=c_ids,
             mask=c_mask,
