@@ -8,8 +8,11 @@ script prints per-step medians, the ratios SOUP / GRPO and SOUP's time breakdown
     python benchmarks/soup_vs_grpo.py                                   # local backend, ratio 0.5, T 8
     python benchmarks/soup_vs_grpo.py --prefix_strategy fixed_budget    # decode only the prefix (Appendix C)
     python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2   # behavior server, 2 batches sampled ahead
+    python benchmarks/soup_vs_grpo.py --mode gpu --max_completion_length 256 --batch_size 64   # CUDA, bf16, 0.36B
 
-Modes: `local` (the in-process behavior copy, CPU or GPU); `vllm_server` (the script starts a vLLM behavior server on
+Modes: `local` (the in-process behavior copy on the CPU, the warmed-up toy model); `gpu` (the local backend on CUDA in
+bf16, on a random-initialised model with the body of Qwen2.5-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864,
+0.36B parameters with the toy's 55-token vocabulary; peak memory is `torch.cuda.max_memory_allocated`); `vllm_server` (the script starts a vLLM behavior server on
 the toy model with `python -m trl_soup.serve_behavior`, or uses `--server_url`). `--prefetch N` sets
 `behavior_prefetch` (vllm_server only). "behavior_wait" in SOUP's time breakdown is the time a step waited for behavior
 samples (all of their sampling time without prefetching); with prefetching the behavior tokens that were ready in time
@@ -31,6 +34,7 @@ import sys
 import time
 import urllib.request
 
+GPU_MODEL = dict(hidden_size=896, num_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864)
 KEYS = ("step_time", "behavior_sample", "behavior_wait", "continuation", "logp_forwards", "refresh", "decode_critical",
         "decode_total")
 
@@ -87,11 +91,14 @@ def worker(args) -> None:
                 # Decoding by the current policy: everything generated minus the wait for behavior samples.
                 steps[-1]["continuation"] = timings.pop("generation", 0.0) - wait
 
+    gpu = args.mode == "gpu"
     common = dict(output_dir=os.path.join(args.output_dir, args.worker), **{
         k: v for k, v in toy.TOY_TRAINING_DEFAULTS.items() if k not in ("max_steps", "per_device_train_batch_size",
                                                                         "max_completion_length", "learning_rate")},
         max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=1e-4,
         max_completion_length=args.max_completion_length, disable_tqdm=True)
+    if gpu:
+        common.update(use_cpu=False, bf16=True)
     if args.worker == "soup":
         server = {} if args.mode == "local" else dict(
             behavior_backend="vllm_server", behavior_server_base_url=args.server_url,
@@ -105,6 +112,8 @@ def worker(args) -> None:
 
         model = AutoModelForCausalLM.from_pretrained(os.path.join(args.output_dir, "model"))
         tokenizer = toy.build_tokenizer()
+    elif gpu:  # random init, the body of Qwen2.5-0.5B
+        model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
     else:
         model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
     trainer = Timed(model=model, reward_funcs=toy.char_match_reward, args=config,
@@ -113,9 +122,11 @@ def worker(args) -> None:
         trainer.behavior.sample = timed("behavior_sample", trainer.behavior.sample)
         trainer.behavior.refresh = timed("refresh", trainer.behavior.refresh)
     trainer.train()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if gpu:
+        peak_mib = torch.cuda.max_memory_allocated() / 2**20
     with open(args.result, "w") as f:
-        json.dump({"steps": steps[args.warmup:], "peak_rss_mib": peak_kib / 1024}, f)
+        json.dump({"steps": steps[args.warmup:], "peak_rss_mib": peak_mib}, f)
 
 
 def run_child(args, which: str, index: int) -> dict:
@@ -181,7 +192,7 @@ def median(rows, key):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mode", default="local", choices=["local", "vllm_server"])
+    parser.add_argument("--mode", default="local", choices=["local", "gpu", "vllm_server"])
     parser.add_argument("--prefetch", type=int, default=0, help="behavior_prefetch (vllm_server mode only)")
     parser.add_argument("--server_url", default=None, help="vllm_server mode: use this server instead of starting one")
     parser.add_argument("--prefix_ratio", type=float, default=0.5)
@@ -202,6 +213,11 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    if args.mode == "gpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--mode gpu needs a CUDA GPU; allowed here: --mode local or --mode vllm_server")
     if args.prefetch and args.mode != "vllm_server":
         parser.error("--prefetch needs --mode vllm_server (behavior_prefetch is refused with the local backend)")
     os.makedirs(args.output_dir, exist_ok=True)
@@ -220,7 +236,7 @@ def main():
     print(f"{'median per step':<28}{'GRPO':>12}{'SOUP':>12}{'SOUP/GRPO':>12}")
     for key in ("step_time", "decode_critical", "decode_total"):
         print(f"{key:<28}{table['grpo'][key]:>12.4f}{table['soup'][key]:>12.4f}{ratio(key):>12.3f}")
-    print(f"{'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
+    print(f"{'peak GPU memory (MiB)' if args.mode == 'gpu' else 'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
     print("SOUP time breakdown (median s/step): " + ", ".join(
         f"{k} {table['soup'][k]:.4f}"
         for k in ("behavior_wait", "behavior_sample", "continuation", "logp_forwards", "refresh")))

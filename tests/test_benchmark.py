@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,3 +45,16 @@ def test_benchmark_refuses_prefetch_with_local_backend(tmp_path):
         capture_output=True, text=True, env=env, timeout=120,
     )
     assert result.returncode == 2 and "--prefetch needs --mode vllm_server" in result.stderr
+
+
+def test_benchmark_gpu_mode_needs_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --mode gpu runs")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--mode", "gpu", "--output_dir", str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2 and "--mode gpu needs a CUDA GPU" in result.stderr
