@@ -235,3 +235,38 @@ def test_server_death_mid_run(tmp_path, tied_server, prompt_dataset):
     reloaded = AutoModelForCausalLM.from_pretrained(checkpoint)
     assert reloaded.config.num_hidden_layers == 2
     assert torch.load(os.path.join(checkpoint, "soup_state.pt"), weights_only=True)["generation_batch_index"] == 3
+
+
+def test_disk_refresh_under_zero3(tmp_path, server, served):
+    """2 processes, DeepSpeed ZeRO-3 (every parameter partitioned), behavior on the server: each refresh gathers the
+    learner, and the server then scores a fixed sequence like a forward of the gathered learner."""
+    import json
+
+    from launch import REPO, accelerate_launch
+
+    pytest.importorskip("deepspeed")
+    ds_config = tmp_path / "ds_zero3.json"  # persistence threshold 0: even the toy's small tensors are partitioned
+    ds_config.write_text(json.dumps({
+        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
+    }))
+    launch_config = tmp_path / "accelerate.yaml"
+    launch_config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
+        f"deepspeed_config:\n  deepspeed_config_file: {ds_config}\n  zero3_init_flag: true\n"
+        "num_processes: 2\nnum_machines: 1\nmachine_rank: 0\nuse_cpu: true\nmain_process_port: 0\n"
+        "rdzv_backend: static\nsame_network: true\n"
+    )
+    result = tmp_path / "result.json"
+    accelerate_launch(str(launch_config), REPO / "tests" / "scripts" / "zero3_vllm_refresh.py",
+                      [served["untied"], str(server), str(result)], tmp_path, timeout=900,
+                      what="ZeRO-3 run with the vLLM behavior server")
+    outcome = json.loads(result.read_text())
+    assert outcome["zero_stage"] == 3 and outcome["partitioned"] > 0
+    checks = outcome["checks"]
+    assert len(checks) == 2  # refreshes before steps 1 and 3
+    for check in checks:
+        torch.testing.assert_close(torch.tensor(check["served"]), torch.tensor(check["expected"]), atol=TOLERANCE,
+                                   rtol=0)
+    moved = (torch.tensor(checks[1]["expected"]) - torch.tensor(checks[0]["expected"])).abs().max()
+    assert moved > 10 * TOLERANCE  # the learner moved between refreshes, so a stale server would fail the check

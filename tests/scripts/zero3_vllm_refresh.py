@@ -1,0 +1,76 @@
+"""Two-process DeepSpeed ZeRO-3 run with the behavior copy on a vLLM server ("disk" refresh), launched by
+tests/test_vllm_server.py:
+
+    accelerate launch --config_file recipes/accelerate_configs/cpu_zero3.yaml tests/scripts/zero3_vllm_refresh.py \
+        MODEL_DIR SERVER_URL RESULT.json
+
+The learner (loaded from MODEL_DIR, the model the server serves) is partitioned across the two ranks. After every
+refresh the main process asks the server for its log-probs of a fixed sequence and compares them with a forward of the
+learner's gathered weights: the refresh must have gathered the partitions (a partitioned state dict would be empty
+tensors). Every rank gathers; the main process writes RESULT.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import deepspeed  # noqa: E402
+import torch  # noqa: E402
+
+from trl_soup import SOUPConfig, SOUPTrainer  # noqa: E402
+from trl_soup.behavior.server_client import BehaviorServerClient  # noqa: E402
+from trl_soup.toy import build_dataset, build_tokenizer, char_match_reward  # noqa: E402
+
+PROBE = "copy:31415926=31415926"
+
+
+def probe_logps(model, ids) -> list[float]:
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits.float()
+    return torch.log_softmax(logits[0, :-1], -1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1).tolist()
+
+
+def main(model_dir: str, url: str, result_path: str) -> int:
+    torch.set_num_threads(1)
+    tokenizer = build_tokenizer()
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    args = SOUPConfig(
+        output_dir=os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"), use_cpu=True, report_to="none",
+        bf16=False, per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=3,
+        behavior_refresh_interval=2, learning_rate=5e-2, temperature=1.0, logging_steps=1, save_strategy="no", seed=0,
+        disable_tqdm=True, behavior_backend="vllm_server", behavior_server_base_url=url, behavior_refresh_method="disk",
+    )
+    trainer = SOUPTrainer(model=model_dir, reward_funcs=char_match_reward, args=args,
+                          train_dataset=build_dataset(32, seed=0), processing_class=tokenizer)
+    learner = trainer.accelerator.unwrap_model(trainer.model)
+    partitioned = sum(1 for p in learner.parameters() if hasattr(p, "ds_numel") and p.data.numel() == 0)
+    checks = []
+    refresh = trainer.behavior.refresh
+
+    def checked_refresh():
+        refresh()
+        with deepspeed.zero.GatheredParameters(list(learner.parameters())):  # every rank
+            expected = probe_logps(learner, ids)
+        if trainer.accelerator.is_main_process:
+            client = BehaviorServerClient(url)
+            choice = client.complete({"model": trainer.behavior.model_name, "prompt": ids, "max_tokens": 1,
+                                      "prompt_logprobs": 0, "temperature": 1.0})[0]
+            served = [entry[str(t)]["logprob"] for entry, t in zip(choice["prompt_logprobs"][1:], ids[1:])]
+            checks.append({"expected": expected, "served": served})
+
+    trainer.behavior.refresh = checked_refresh
+    trainer.train()
+    if trainer.accelerator.is_main_process:
+        with open(result_path, "w") as f:
+            json.dump({"partitioned": partitioned, "checks": checks,
+                       "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage}, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:4]))
