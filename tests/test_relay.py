@@ -324,3 +324,21 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model,
                                atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(samples.entropies[:, :width][mask[:, :width]], entropies[mask[:, :width]],
                                atol=1e-5, rtol=1e-5)
+
+
+def test_snapshot_follows_the_learner_dtype(tmp_path, tokenizer, make_model, prompt_dataset):
+    """DeepSpeed bf16 casts the learner when training starts, after the behavior copy was built: the next refresh
+    casts the copy too (same precision, no float32 copy kept next to a bf16 learner) and copies the weights exactly."""
+    args = soup_args(tmp_path, behavior_refresh_interval=2)
+    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    snapshot = trainer.behavior.snapshot
+    assert next(snapshot.parameters()).dtype == torch.float32
+    learner = trainer.accelerator.unwrap_model(trainer.model).to(torch.bfloat16)
+    trainer.behavior.refresh()
+    assert {p.dtype for p in snapshot.parameters()} == {torch.bfloat16}
+    for name, value in learner.state_dict().items():
+        assert torch.equal(snapshot.state_dict()[name], value), name
+    prompts = [tokenizer("1+2=", add_special_tokens=False)["input_ids"]]
+    samples = trainer.behavior.sample(prompts, 4, generation_batch_index=1)  # runs in bf16
+    assert samples.per_token_logps.dtype == torch.float32 and torch.isfinite(samples.per_token_logps).all()

@@ -213,7 +213,13 @@ class LocalBehaviorBackend(BehaviorBackend):
         if self.is_peft:
             copy_tensors(self._pairs, self.zero3)
             return
-        source = self.trainer.accelerator.unwrap_model(self.trainer.model).state_dict(keep_vars=True)
+        learner = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        dtype = next(learner.parameters()).dtype
+        if not self.zero3 and next(self.snapshot.parameters()).dtype != dtype:
+            # DeepSpeed (bf16 / fp16) casts the learner only when training starts, after this copy was built: follow
+            # it, so the copy samples in the learner's precision and does not hold float32 weights next to bf16 ones.
+            self.snapshot.to(dtype)
+        source = learner.state_dict(keep_vars=True)
         target = self._snapshot_tensors()
         if source.keys() != target.keys():
             raise RuntimeError(
