@@ -21,7 +21,6 @@ count of each (seed, prompt) row) and three figures:
 
 import argparse
 import json
-import math
 import os
 import time
 
@@ -31,6 +30,8 @@ from transformers import PrinterCallback
 from trl_soup import SOUPConfig, SOUPTrainer, toy
 from trl_soup.evaluation import correctness_summary
 
+from plot_position_statistics import BINS, position_curves  # recipes/ is on sys.path when run as a script
+
 # name -> SOUPConfig overrides. "dapo" is the on-policy baseline (T = 1).
 SETTINGS = {
     "dapo": dict(behavior_refresh_interval=1),
@@ -39,7 +40,6 @@ SETTINGS = {
     "soup_r0.3_T4": dict(prefix_ratio=0.3, behavior_refresh_interval=4),  # paper's R1-Distill-1.5B setting
     "soup_r0.7_T8": dict(prefix_ratio=0.7, behavior_refresh_interval=8),
 }
-BINS = 10
 EVAL_SEED = 10_000  # the held-out prompts and the sampling seed do not depend on the training seed
 
 
@@ -58,19 +58,6 @@ def sample_correctness(model, tokenizer, dataset, num_samples, max_new_tokens, s
             correctness.append([text == answer for text in texts])
     model.train()
     return correctness
-
-
-def position_curves(log_history):
-    """Mean over logged steps of soup/position/{entropy,clip_ratio}/bin_i (empty bins left out)."""
-    curves = {}
-    for name in ("entropy", "clip_ratio"):
-        curve = []
-        for i in range(BINS):
-            values = [h.get(f"soup/position/{name}/bin_{i}") for h in log_history]
-            values = [v for v in values if v is not None and not math.isnan(v)]  # empty bins log NaN or None
-            curve.append(sum(values) / len(values) if values else float("nan"))
-        curves[name] = curve
-    return curves
 
 
 def train_one(setting, seed, max_steps, output_dir):

@@ -59,6 +59,8 @@ import random
 
 import torch
 
+from .rewards import completion_text
+
 __all__ = [
     "TOY_NUM_PROMPTS",
     "TOY_TRAINING_DEFAULTS",
@@ -275,13 +277,6 @@ def build_dataset(num_prompts: int, seed: int = 0, *, num_digits: int = NUM_DIGI
     )
 
 
-def _completion_text(completion) -> str:
-    """The text of a completion: a plain string, or the last message of a conversational completion."""
-    if isinstance(completion, str):
-        return completion
-    return completion[-1]["content"]
-
-
 def char_match_score(completion: str, answer: str) -> float:
     """Partial credit in [0, 1]: characters right at their position, over the longer of the two lengths.
 
@@ -301,7 +296,7 @@ def char_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
     name. Dense: a random digit string of the right length earns 0.1, the warmed-up policy about 0.3,
     a perfect one 1.0.
     """
-    return [char_match_score(_completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
+    return [char_match_score(completion_text(c), a) for c, a in zip(completions, answer, strict=True)]
 
 
 def exact_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
@@ -310,7 +305,7 @@ def exact_match_reward(prompts, completions, answer, **kwargs) -> list[float]:
     Sparse; useful as an accuracy metric next to `char_match_reward` (give it weight 0 in
     `reward_weights` to log it without training on it).
     """
-    return [float(_completion_text(c) == a) for c, a in zip(completions, answer, strict=True)]
+    return [float(completion_text(c) == a) for c, a in zip(completions, answer, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
