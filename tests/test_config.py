@@ -120,6 +120,13 @@ def test_behavior_refresh_interval_invalid(tmp_path, value):
     assert "integer >= 1" in message
 
 
+@pytest.mark.parametrize("value", [1, 0, "true", None])
+def test_old_logps_from_loss_forward_must_be_a_bool(tmp_path, value):
+    message = refused(tmp_path, old_logps_from_loss_forward=value)
+    assert "old_logps_from_loss_forward" in message
+    assert "True, False" in message
+
+
 @pytest.mark.parametrize("value", [1, 2, 16])
 def test_behavior_refresh_interval_accepted(tmp_path, value):
     assert make_config(tmp_path, behavior_refresh_interval=value).behavior_refresh_interval == value

@@ -46,6 +46,9 @@ class SOUPConfig(GRPOConfig):
             Where the behavior policy runs. `"local"`: a frozen copy in the training process (a second adapter for
             PEFT models). `"vllm_server"`: a vLLM server of its own (see `behavior_server_*`,
             `behavior_refresh_method`, `behavior_refresh_dir`, `prefix_entropy_logprobs`).
+        old_logps_from_loss_forward (`bool`, *optional*, defaults to `False`):
+            Skip the pi_old forward on relay batches when TRL would skip it (generation and optimisation aligned) and
+            read pi_old from the loss forward instead; the batch then has `old_per_token_logps=None`.
     """
 
     prefix_strategy: str = field(
@@ -170,6 +173,18 @@ class SOUPConfig(GRPOConfig):
             "0 disables it. Default 0."
         },
     )
+    old_logps_from_loss_forward: bool = field(
+        default=False,
+        metadata={
+            "help": "When generation and optimisation are aligned (num_iterations=1, steps_per_generation <= "
+            "gradient_accumulation_steps, no vLLM importance-sampling correction), TRL skips its pi_old forward "
+            "because pi_old equals the weights of the loss forward. True: SOUP skips it on relay batches too and "
+            "takes the continuation's pi_old log-probs from the loss forward (detached), building the Eq. 5 "
+            "denominator inside the loss; the batch then carries old_per_token_logps=None, as TRL's does. Same "
+            "loss, one forward pass fewer per relay batch. No effect when TRL computes pi_old itself. False: "
+            "old_per_token_logps is always in the batch on relay batches (SOUP.md contract). Default False."
+        },
+    )
     # Paper Sec. 4: DAPO with clip-higher. GRPOConfig already defaults to loss_type="dapo", epsilon=0.2, beta=0.0.
     epsilon_high: float | None = field(
         default=0.28,
@@ -224,6 +239,10 @@ class SOUPConfig(GRPOConfig):
                 f"{self.behavior_backend!r}): the local copy would have to generate in the training process while it "
                 "trains, which gains nothing on shared cores and deadlocks ZeRO-3's collectives. Allowed values with "
                 "the local backend: 0."
+            )
+        if not isinstance(self.old_logps_from_loss_forward, bool):
+            raise ValueError(
+                f"old_logps_from_loss_forward={self.old_logps_from_loss_forward!r} is invalid. Allowed values: True, False."
             )
         timeout = self.behavior_server_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:

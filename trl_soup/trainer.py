@@ -66,14 +66,16 @@ class SOUPTrainer(GRPOTrainer):
 
     - ``_generate_and_score_completions``: refreshes the behavior copy when due, then adds ``prefix_mask`` and
       ``behavior_per_token_logps`` to the batch and makes sure ``old_per_token_logps`` exists on relay batches (TRL
-      skips it when generation and optimisation are aligned, which would turn the prefix ratio into 1).
+      skips it when generation and optimisation are aligned, which would turn the prefix ratio into 1), unless
+      ``old_logps_from_loss_forward`` defers it to the loss forward.
     - ``_generate_single_turn``: relay sampling (behavior sample, truncate, continue with TRL's own generation:
       transformers or vLLM, one request per (prompt, prefix) row, each row cut to its own budget). With vLLM, prefix
       tokens get NaN sampling log-probs so that TRL's importance-sampling correction leaves them out;
       ``_generate_and_score_completions`` then sets their ratio to exactly 1 and restricts TRL's ``sampling/`` metrics
       to the continuation (docs/vllm_server.md sec. 5).
     - ``_compute_loss``: swaps in the mixed denominator, then logs ``soup/`` statistics split by segment.
-    - ``_get_per_token_logps_and_entropies``: only records the values of the loss forward for those statistics.
+    - ``_get_per_token_logps_and_entropies``: records the values of the loss forward for those statistics and, with
+      ``old_logps_from_loss_forward``, fills the continuation's pi_old from them.
     - ``get_batch_samples`` (transformers' Trainer): with ``behavior_prefetch > 0``, wraps the epoch iterator in a
       look-ahead so the prompts of the next generation batches can be read early (the batches and their order are
       unchanged); their behavior responses are then sampled in the background (:mod:`trl_soup.behavior.prefetch`).
@@ -184,7 +186,9 @@ class SOUPTrainer(GRPOTrainer):
         if record is not None and self.use_vllm:  # every rank: relay batches are relay batches on all ranks
             self._restrict_vllm_correction_to_continuation(output, mode)
 
-        if relay and output.get("old_per_token_logps") is None:
+        # TRL leaves pi_old out when generation and optimisation are aligned; a relay batch needs it for Eq. 5, either
+        # from a forward now or, with old_logps_from_loss_forward, from the loss forward (see _compute_loss).
+        if relay and output.get("old_per_token_logps") is None and not self.args.old_logps_from_loss_forward:
             output["old_per_token_logps"] = self._old_per_token_logps(output)
 
         loss_mask = output["completion_mask"] if "tool_mask" not in output else output["completion_mask"] * output["tool_mask"]
@@ -391,9 +395,16 @@ class SOUPTrainer(GRPOTrainer):
     # ---------------------------------------------------------------------------------------------- loss
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         result = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
-        if self._soup_capture is not None:
-            self._soup_capture["per_token_logps"] = result[0].detach()
-            self._soup_capture["entropies"] = None if result[1] is None else result[1].detach()
+        capture = self._soup_capture
+        if capture is not None:
+            capture["per_token_logps"] = result[0].detach()
+            capture["entropies"] = None if result[1] is None else result[1].detach()
+            deferred = capture.pop("deferred_denominator", None)
+            if deferred is not None:
+                # pi_old of the continuation is the loss forward's own log-prob (same weights: generation and
+                # optimisation are aligned). TRL reads the denominator from the batch after this forward.
+                denominator, prefix_mask = deferred
+                denominator.copy_(mixed_old_per_token_logps(prefix_mask, denominator, result[0].detach()))  # Eq. 5
         return result
 
     def _compute_loss(self, model, inputs):
@@ -401,14 +412,21 @@ class SOUPTrainer(GRPOTrainer):
         completion_mask = inputs["completion_mask"]
         mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
         old = inputs.get("old_per_token_logps")
+        capture = {}
         if old is not None:
             # Paper Eq. 5: the ratio's denominator is pi_behavior on prefix tokens and pi_old on continuation tokens.
             denominator = mixed_old_per_token_logps(prefix_mask, inputs["behavior_per_token_logps"], old)
             inputs = {**inputs, "old_per_token_logps": denominator}
         elif bool(prefix_mask.any()):
-            raise RuntimeError("A relay batch reached the loss without old_per_token_logps.")
+            if not self.args.old_logps_from_loss_forward:
+                raise RuntimeError("A relay batch reached the loss without old_per_token_logps.")
+            # Eq. 5 with pi_old taken from the loss forward: behavior log-probs on the prefix now, the continuation
+            # is filled in place by _get_per_token_logps_and_entropies before TRL computes the ratio.
+            denominator = inputs["behavior_per_token_logps"].clone()
+            capture["deferred_denominator"] = (denominator, prefix_mask)
+            inputs = {**inputs, "old_per_token_logps": denominator}
 
-        self._soup_capture = {}
+        self._soup_capture = capture
         try:
             loss = super()._compute_loss(model, inputs)
             captured = self._soup_capture
