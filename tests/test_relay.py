@@ -326,6 +326,58 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model,
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("peft", [False, True])
+def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, make_model, prompt_dataset, monkeypatch, peft):
+    """The behavior copy prefills each distinct prompt once and expands its KV cache to the rows that repeat it: the
+    same tokens, log-probs and entropies as a prefill of every row (same seed), from a first forward over the distinct
+    prompts only."""
+    from trl_soup.behavior import local
+
+    kwargs = {}
+    if peft:
+        from peft import LoraConfig
+
+        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                                           task_type="CAUSAL_LM")
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12, temperature=1.5)
+    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                          train_dataset=prompt_dataset, processing_class=tokenizer, **kwargs)
+    behavior = trainer.behavior
+    texts = ["1+2=", "copy:123=", "1+2=", "9", "copy:123=", "1+2=", "45+6=", "9"]  # 4 distinct, unequal lengths
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    shapes = []
+    hooked = trainer.accelerator.unwrap_model(trainer.model).get_base_model() if peft else behavior.snapshot
+    handle = hooked.register_forward_pre_hook(lambda m, a, k: shapes.append(tuple(k["input_ids"].shape)),
+                                              with_kwargs=True)
+    try:
+        shared = behavior.sample(prompts, 12, generation_batch_index=3)
+    finally:
+        handle.remove()
+    width = max(len(p) for p in prompts)
+    assert shapes[0] == (4, width - 1) and shapes[1] == (8, 1)  # distinct prompts, then the last prompt position
+    monkeypatch.setattr(local, "shared_prompt_cache", lambda *a, **k: None)
+    plain = behavior.sample(prompts, 12, generation_batch_index=3)
+    assert shared.completion_ids.size(1) > 2
+    assert torch.equal(shared.completion_ids, plain.completion_ids) and torch.equal(shared.mask, plain.mask)
+    torch.testing.assert_close(shared.per_token_logps, plain.per_token_logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared.entropies, plain.entropies, atol=1e-5, rtol=1e-5)
+    # Rows with the same prompt still get their own samples.
+    assert len({tuple(shared.completion_ids[i].tolist()) for i in (0, 2, 5)}) > 1
+
+
+def test_shared_prompt_rows():
+    from trl_soup.behavior.local import shared_prompt_rows
+
+    ids = torch.tensor([[0, 5, 6], [7, 8, 9], [0, 5, 6], [0, 5, 6], [7, 8, 9], [0, 0, 4]])
+    mask = (ids != 0).long()
+    first, inverse = shared_prompt_rows(ids, mask)
+    assert sorted(first.tolist()) == [0, 1, 5]  # the first row of each distinct prompt
+    assert torch.equal(ids[first][inverse], ids) and torch.equal(mask[first][inverse], mask)
+    assert shared_prompt_rows(ids[:2], mask[:2]) is None  # all distinct: nothing to share
+    # Same ids, different padding: not the same prompt.
+    assert shared_prompt_rows(torch.tensor([[0, 4], [0, 4]]), torch.tensor([[0, 1], [1, 1]])) is None
+
+
 def test_snapshot_follows_the_learner_dtype(tmp_path, tokenizer, make_model, prompt_dataset):
     """DeepSpeed bf16 casts the learner when training starts, after the behavior copy was built: the next refresh
     casts the copy too (same precision, no float32 copy kept next to a bf16 learner) and copies the weights exactly."""

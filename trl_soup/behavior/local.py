@@ -138,6 +138,45 @@ class SamplingLogprobRecorder:
         return torch.stack(self.logps, dim=1), torch.stack(self.entropies, dim=1)
 
 
+def shared_prompt_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Distinct rows of a left-padded prompt batch: ``(first, inverse)`` with ``prompt_ids[first][inverse] ==
+    prompt_ids`` (and the same for the mask), or None when every row is distinct (nothing to share).
+
+    GRPO batches repeat each prompt ``num_generations`` times, so the behavior copy's prompt prefill can run once per
+    distinct prompt and be expanded to every row.
+    """
+    rows = torch.cat([prompt_ids, prompt_mask], dim=1)
+    distinct, inverse = torch.unique(rows, dim=0, return_inverse=True)
+    if distinct.size(0) == rows.size(0):
+        return None
+    first = torch.full((distinct.size(0),), rows.size(0), dtype=torch.long, device=rows.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(rows.size(0), device=rows.device), reduce="amin")
+    return first, inverse
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor):
+    """KV cache of every prompt but its last position, computed once per distinct prompt and expanded to every row.
+
+    ``generate(input_ids=prompt_ids, attention_mask=prompt_mask, past_key_values=cache)`` then runs its prefill on the
+    last prompt position only. Position ids follow ``generate``'s rule for left padding (``cumsum(mask) - 1``, 0 on
+    padding), so the cache holds the keys and values ``generate``'s own prefill would compute. Returns None when
+    there is nothing to share (all prompts distinct, or one-token prompts) or the model returns no cache.
+    """
+    shared = shared_prompt_rows(prompt_ids, prompt_mask)
+    if shared is None or prompt_ids.size(1) < 2:
+        return None
+    first, inverse = shared
+    ids, mask = prompt_ids[first, :-1], prompt_mask[first, :-1]
+    position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = output.past_key_values
+    if cache is None:  # the model declined to cache (e.g. gradient checkpointing in train mode): plain prefill
+        return None
+    cache.batch_select_indices(inverse)
+    return cache
+
+
 class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter)."""
 
@@ -346,10 +385,15 @@ class LocalBehaviorBackend(BehaviorBackend):
         # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).
         recorder = None if self.zero3 else SamplingLogprobRecorder(trainer.temperature)
         with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
+            # The G samples of a prompt share its prefill: computed once per distinct prompt (not under ZeRO-3, where
+            # a forward is a collective and ranks could disagree on whether to run it).
+            cache = None if self.zero3 else shared_prompt_cache(model, p_ids, p_mask)
+            extra = {} if cache is None else {"past_key_values": cache}
             hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
             handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
             try:
-                out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config)
+                out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config,
+                                     **extra)
             finally:
                 if handle is not None:
                     handle.remove()
