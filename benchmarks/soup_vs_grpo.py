@@ -9,6 +9,9 @@ script prints per-step medians, the ratios SOUP / GRPO and SOUP's time breakdown
     python benchmarks/soup_vs_grpo.py --prefix_strategy fixed_budget    # decode only the prefix (Appendix C)
     python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2   # behavior server, 2 batches sampled ahead
     python benchmarks/soup_vs_grpo.py --mode gpu --max_completion_length 256 --batch_size 64   # CUDA, bf16, 0.36B
+    python benchmarks/soup_vs_grpo.py --old_logps_from_loss_forward      # no pi_old forward (SOUPConfig field)
+    python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2 --trainer_cpus 1 --hidden_size 1024 \
+        --num_layers 4 --random_init --steps 10 --repeats 1             # 50M parameters, server on a core of its own
 
 Modes: `local` (the in-process behavior copy on the CPU, the warmed-up toy model); `gpu` (the local backend on CUDA in
 bf16, on a random-initialised model with the body of Qwen2.5-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864,
@@ -16,7 +19,10 @@ bf16, on a random-initialised model with the body of Qwen2.5-0.5B: hidden 896, 2
 the toy model with `python -m trl_soup.serve_behavior`, or uses `--server_url`). `--prefetch N` sets
 `behavior_prefetch` (vllm_server only). "behavior_wait" in SOUP's time breakdown is the time a step waited for behavior
 samples (all of their sampling time without prefetching); with prefetching the behavior tokens that were ready in time
-leave the critical-path decode count.
+leave the critical-path decode count. `--hidden_size` / `--num_layers` size the CPU model (head dimension 64, MLP
+4 x hidden; `--random_init` skips the toy's warm-up); `--trainer_cpus` pins the trainer processes (on 2 cores the
+vLLM CPU server binds its worker to core 0). The mean step time, refresh steps included, is printed next to the
+medians.
 """
 
 from __future__ import annotations
@@ -39,9 +45,19 @@ KEYS = ("step_time", "behavior_sample", "behavior_wait", "continuation", "logp_f
         "decode_total")
 
 
+def cpu_model_sizes(args) -> dict:
+    """Toy-model sizes for the CPU modes: head dimension 64 (what vLLM's CPU attention kernel supports) and an MLP of
+    4 x hidden; the defaults (128, 2 layers) are `trl_soup.toy`'s own model."""
+    heads = max(1, args.hidden_size // 64)
+    return dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_attention_heads=heads,
+                num_key_value_heads=heads, intermediate_size=4 * args.hidden_size)
+
+
 def worker(args) -> None:
     import torch
 
+    if args.trainer_cpus:
+        os.sched_setaffinity(0, _cpus(args.trainer_cpus))
     torch.set_num_threads(args.threads)
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -104,7 +120,8 @@ def worker(args) -> None:
             behavior_backend="vllm_server", behavior_server_base_url=args.server_url,
             behavior_refresh_dir=os.path.join(args.output_dir, "refresh"))
         config = SOUPConfig(**common, prefix_ratio=args.prefix_ratio, behavior_refresh_interval=args.refresh_interval,
-                            prefix_strategy=args.prefix_strategy, behavior_prefetch=args.prefetch, **server)
+                            prefix_strategy=args.prefix_strategy, behavior_prefetch=args.prefetch,
+                            old_logps_from_loss_forward=args.old_logps_from_loss_forward, **server)
     else:
         config = GRPOConfig(**common)
     if args.mode == "vllm_server":  # the model the server was started from
@@ -115,7 +132,7 @@ def worker(args) -> None:
     elif gpu:  # random init, the body of Qwen2.5-0.5B
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
     else:
-        model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
+        model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
     trainer = Timed(model=model, reward_funcs=toy.char_match_reward, args=config,
                     train_dataset=toy.build_dataset(4096, seed=0), processing_class=tokenizer, callbacks=[Collect()])
     if args.worker == "soup":
@@ -146,7 +163,7 @@ def behavior_server(args):
     from trl_soup import toy
 
     model_dir = os.path.join(args.output_dir, "model")
-    model, tokenizer = toy.build_toy_policy(seed=0, hidden_size=args.hidden_size, num_layers=args.num_layers)
+    model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
     toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
     if args.server_url:
         yield args.server_url
@@ -186,6 +203,16 @@ def behavior_server(args):
         log.close()
 
 
+def _cpus(value: str) -> set[int]:
+    return {int(c) for c in value.split(",") if c.strip()}
+
+
+def _flag(value: str) -> bool:
+    if value.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+    return value.lower() in ("true", "1")
+
+
 def median(rows, key):
     return statistics.median(r[key] for r in rows) if rows else float("nan")
 
@@ -198,6 +225,8 @@ def main():
     parser.add_argument("--prefix_ratio", type=float, default=0.5)
     parser.add_argument("--refresh_interval", type=int, default=8)
     parser.add_argument("--prefix_strategy", default="ratio")
+    parser.add_argument("--old_logps_from_loss_forward", type=_flag, nargs="?", const=True, default=False,
+                        help="SOUPConfig.old_logps_from_loss_forward: pi_old from the loss forward (no pi_old pass)")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     parser.add_argument("--repeats", type=int, default=2, help="alternating GRPO/SOUP pairs")
@@ -205,7 +234,12 @@ def main():
     parser.add_argument("--max_completion_length", type=int, default=64)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=2)
+    parser.add_argument("--random_init", type=_flag, nargs="?", const=True, default=False,
+                        help="CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--trainer_cpus", default=None,
+                        help="CPU ids the trainer processes are pinned to, e.g. '1'. On a 2-core machine the vLLM CPU "
+                        "server binds its worker to core 0, so '1' gives the server a core of its own")
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--output", default=None, help="JSON file for the results (default <output_dir>/results.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -230,24 +264,28 @@ def main():
     steps = {k: [s for run in v for s in run["steps"]] for k, v in runs.items()}
     peak = {k: max(run["peak_rss_mib"] for run in v) for k, v in runs.items()}
     table = {which: {key: median(steps[which], key) for key in KEYS} for which in runs}
+    means = {which: statistics.fmean(s["step_time"] for s in steps[which]) for which in runs}  # refresh steps included
     ratio = lambda key: table["soup"][key] / table["grpo"][key] if table["grpo"][key] else float("nan")  # noqa: E731
     print(f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
+          f"old_logps_from_loss_forward={args.old_logps_from_loss_forward} "
           f"batch={args.batch_size} max_len={args.max_completion_length} steps={args.steps} x {args.repeats}")
     print(f"{'median per step':<28}{'GRPO':>12}{'SOUP':>12}{'SOUP/GRPO':>12}")
     for key in ("step_time", "decode_critical", "decode_total"):
         print(f"{key:<28}{table['grpo'][key]:>12.4f}{table['soup'][key]:>12.4f}{ratio(key):>12.3f}")
+    print(f"{'step_time (mean)':<28}{means['grpo']:>12.4f}{means['soup']:>12.4f}{means['soup'] / means['grpo']:>12.3f}")
     print(f"{'peak GPU memory (MiB)' if args.mode == 'gpu' else 'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
     print("SOUP time breakdown (median s/step): " + ", ".join(
         f"{k} {table['soup'][k]:.4f}"
         for k in ("behavior_wait", "behavior_sample", "continuation", "logp_forwards", "refresh")))
     summary = {
         "mode": args.mode, "prefetch": args.prefetch, "prefix_strategy": args.prefix_strategy, "prefix_ratio": args.prefix_ratio,
+        "old_logps_from_loss_forward": args.old_logps_from_loss_forward,
         "refresh_interval": args.refresh_interval, "step_time_ratio": ratio("step_time"),
         "peak_memory_ratio": peak["soup"] / peak["grpo"], "critical_path_decode_ratio": ratio("decode_critical"),
         "total_decode_ratio": ratio("decode_total"),
     }
     with open(args.output or os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "medians": table, "peak_rss_mib": peak, "args": vars(args)}, f, indent=2)
+        json.dump({"summary": summary, "medians": table, "mean_step_time": means, "peak_rss_mib": peak, "args": vars(args)}, f, indent=2)
     print(json.dumps(summary))
 
 

@@ -17,7 +17,8 @@ def test_benchmark_reports_ratios(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--steps", "3", "--warmup", "1", "--repeats",
-         "1", "--refresh_interval", "4", "--batch_size", "16", "--output_dir", str(tmp_path)],
+         "1", "--refresh_interval", "4", "--batch_size", "16", "--old_logps_from_loss_forward", "--trainer_cpus", "0", "--output_dir",
+         str(tmp_path)],
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -36,6 +37,10 @@ def test_benchmark_reports_ratios(tmp_path):
     soup = saved["medians"]["soup"]
     assert soup["behavior_wait"] > 0 and summary["prefetch"] == 0
     assert summary["critical_path_decode_ratio"] == summary["total_decode_ratio"]
+    # With old_logps_from_loss_forward SOUP runs no log-prob forward besides the loss forward, like aligned GRPO.
+    assert summary["old_logps_from_loss_forward"] is True
+    assert soup["logp_forwards"] == 0.0 and saved["medians"]["grpo"]["logp_forwards"] == 0.0
+    assert saved["args"]["trainer_cpus"] == "0" and all(saved["mean_step_time"][k] > 0 for k in ("grpo", "soup"))
 
 
 def test_benchmark_refuses_prefetch_with_local_backend(tmp_path):
