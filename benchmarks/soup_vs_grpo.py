@@ -21,8 +21,8 @@ the toy model with `python -m trl_soup.serve_behavior`, or uses `--server_url`).
 samples (all of their sampling time without prefetching); with prefetching the behavior tokens that were ready in time
 leave the critical-path decode count. `--hidden_size` / `--num_layers` size the CPU model (head dimension 64, MLP
 4 x hidden; `--random_init` skips the toy's warm-up); `--trainer_cpus` pins the trainer processes (on 2 cores the
-vLLM CPU server binds its worker to core 0). The mean step time, refresh steps included, is printed next to the
-medians.
+vLLM CPU server binds its worker to core 0) and `--server_cpus` every process of the server. The mean step time,
+refresh steps included, is printed next to the medians.
 """
 
 from __future__ import annotations
@@ -174,9 +174,12 @@ def behavior_server(args):
     command = [sys.executable, "-m", "trl_soup.serve_behavior", "--model", model_dir, "--port", str(port), "--dtype",
                "float32", "--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--", "--enforce-eager",
                "--seed", "0"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    if args.server_cpus:  # every server process on these cores, its OpenMP worker bound to them, none reserved
+        command = ["taskset", "-c", args.server_cpus] + command
+        env.update(VLLM_CPU_OMP_THREADS_BIND=args.server_cpus, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
     log = open(os.path.join(args.output_dir, "server.log"), "wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"})
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -240,6 +243,9 @@ def main():
     parser.add_argument("--trainer_cpus", default=None,
                         help="CPU ids the trainer processes are pinned to, e.g. '1'. On a 2-core machine the vLLM CPU "
                         "server binds its worker to core 0, so '1' gives the server a core of its own")
+    parser.add_argument("--server_cpus", default=None,
+                        help="vllm_server mode: CPU ids for every process of the server started here (taskset), e.g. "
+                        "'0'; its OpenMP worker is bound to them")
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--output", default=None, help="JSON file for the results (default <output_dir>/results.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
