@@ -127,3 +127,23 @@ def test_runs_with_and_without_the_option_are_the_same(tmp_path, tokenizer, make
     torch.testing.assert_close(torch.tensor(on.losses), torch.tensor(off.losses), atol=1e-5, rtol=1e-5)
     for (name, p), q in zip(off.model.named_parameters(), on.model.parameters(), strict=True):
         torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("settings, warns", [
+    (dict(num_iterations=2), True),  # the weights change between generation and the second iteration's loss
+    (dict(steps_per_generation=2, per_device_train_batch_size=4), True),  # one generation feeds two optimizer steps
+    (dict(gradient_accumulation_steps=2, per_device_train_batch_size=4), False),  # aligned: the option applies
+    ({}, False),
+])
+def test_option_without_effect_is_reported(tmp_path, tokenizer, make_model, prompt_dataset, settings, warns):
+    import warnings
+
+    args = soup_args(tmp_path, old_logps_from_loss_forward=True, **settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        CountingTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
+                        train_dataset=prompt_dataset, processing_class=tokenizer)
+    messages = [str(w.message) for w in caught if "old_logps_from_loss_forward" in str(w.message)]
+    assert bool(messages) == warns, messages
+    if warns:
+        assert "no effect" in messages[0] and "TRL computes pi_old itself" in messages[0]

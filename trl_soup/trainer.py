@@ -10,6 +10,7 @@ import inspect
 import os
 import shutil
 import time
+import warnings
 
 import torch
 
@@ -120,6 +121,16 @@ class SOUPTrainer(GRPOTrainer):
         if self._is_vlm:
             raise ValueError("SOUPTrainer supports text-only models in this release; got a vision-language processor.")
 
+        every = args.steps_per_generation * self.num_iterations
+        if args.old_logps_from_loss_forward and (args.gradient_accumulation_steps % every != 0 or (
+                self.use_vllm and self.vllm_importance_sampling_correction)):
+            warnings.warn(
+                "old_logps_from_loss_forward=True has no effect with these settings: TRL computes pi_old itself "
+                f"(num_iterations={self.num_iterations}, steps_per_generation={args.steps_per_generation}, "
+                f"gradient_accumulation_steps={args.gradient_accumulation_steps}, use_vllm={self.use_vllm}), because "
+                "the weights change between generation and the loss or vLLM's importance-sampling correction needs it.",
+                UserWarning, stacklevel=2,
+            )
         self.generation_batch_index = 0  # generation batches produced so far in training (the refresh counter)
         self._relay_plan: dict | None = None  # set for the duration of one relay generation
         self._relay_record: dict | None = None  # what _generate_single_turn did, read back in the same call stack
