@@ -67,6 +67,8 @@ def test_configs_parse_to_the_paper_settings(setup):
     assert (soup_args.prefix_strategy, soup_args.prefix_ratio, soup_args.behavior_refresh_interval) == (
         "ratio", ratio, refresh_interval,
     )
+    # Aligned generation (checked below), so pi_old can come from the loss forward: one forward fewer per relay batch.
+    assert soup_args.old_logps_from_loss_forward is True
     for script, args, model_args in parsed.values():
         assert model_args.model_name_or_path == model and script.dataset_name == dataset
         assert script.max_train_samples == samples
