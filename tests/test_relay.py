@@ -365,6 +365,27 @@ def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, make_model
     assert len({tuple(shared.completion_ids[i].tolist()) for i in (0, 2, 5)}) > 1
 
 
+def test_shared_prompt_cache_falls_back_to_a_plain_prefill(make_model):
+    """No shared prefill (None: generate prefills every row itself) when the forward takes no logits_to_keep, returns
+    no cache, or returns a cache whose layers are not plain key/value layers; a plain model gets one."""
+    from types import SimpleNamespace
+
+    from trl_soup.behavior.local import shared_prompt_cache
+
+    ids = torch.tensor([[0, 5, 6, 7], [0, 5, 6, 7], [3, 4, 6, 7]])
+    mask = (ids != 0).long()
+
+    def no_logits_to_keep(input_ids, attention_mask, position_ids, use_cache):
+        raise AssertionError("not reached")
+
+    assert shared_prompt_cache(no_logits_to_keep, ids, mask) is None
+    assert shared_prompt_cache(lambda **k: SimpleNamespace(past_key_values=None), ids, mask) is None
+    odd = SimpleNamespace(layers=[object()], batch_select_indices=lambda i: None)
+    assert shared_prompt_cache(lambda **k: SimpleNamespace(past_key_values=odd), ids, mask) is None
+    cache = shared_prompt_cache(make_model(seed=0).eval(), ids, mask)
+    assert cache is not None and cache.get_seq_length() == 3 and cache.layers[0].keys.size(0) == 3
+
+
 def test_shared_prompt_rows():
     from trl_soup.behavior.local import shared_prompt_rows
 

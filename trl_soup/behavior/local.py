@@ -25,6 +25,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import is_peft_model
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .._compat import (
     add_fused_lm_head,
@@ -161,7 +162,8 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     ``generate(input_ids=prompt_ids, attention_mask=prompt_mask, past_key_values=cache)`` then runs its prefill on the
     last prompt position only. Position ids follow ``generate``'s rule for left padding (``cumsum(mask) - 1``, 0 on
     padding), so the cache holds the keys and values ``generate``'s own prefill would compute. Returns None when
-    there is nothing to share (all prompts distinct, or one-token prompts) or the model returns no cache.
+    there is nothing to share (all prompts distinct, or one-token prompts), or the model returns no plain key/value
+    cache.
     """
     shared = shared_prompt_rows(prompt_ids, prompt_mask)
     if shared is None or prompt_ids.size(1) < 2:
@@ -169,9 +171,15 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     first, inverse = shared
     ids, mask = prompt_ids[first, :-1], prompt_mask[first, :-1]
     position_ids = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    cache = output.past_key_values
-    if cache is None:  # the model declined to cache (e.g. gradient checkpointing in train mode): plain prefill
+    try:
+        output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    except TypeError:  # a forward without logits_to_keep would compute every position's logits: not worth it
+        return None
+    cache = getattr(output, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    # Only plain key/value caches are expanded row by row; anything else (no cache because of gradient checkpointing
+    # in train mode, recurrent or quantized layers) gets generate's own prefill.
+    if not layers or not all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers):
         return None
     cache.batch_select_indices(inverse)
     return cache
