@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,3 +39,11 @@ def accelerate_launch(config: str, script: Path, args: list[str], cwd: Path, *, 
         pytest.fail(f"{what} exited with {process.returncode}.\nstdout (tail):\n{process.stdout[-5000:]}\n"
                     f"stderr (tail):\n{process.stderr[-20000:]}")
     return process
+
+
+def launch_for_result(config: str, script: Path, out: Path, *, timeout: int, what: str) -> dict:
+    """`accelerate_launch` of `script <out>/result.json`; returns the JSON its main process wrote there."""
+    result_path = out / "result.json"
+    process = accelerate_launch(config, script, [str(result_path)], out, timeout=timeout, what=what)
+    assert result_path.exists(), f"the main process wrote no result file.\nstderr:\n{process.stderr[-20000:]}"
+    return json.loads(result_path.read_text())

@@ -7,13 +7,12 @@ recipes/accelerate_configs/cpu_ddp.yaml.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 
-from launch import accelerate_launch
+from launch import launch_for_result
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ddp_train.py"
@@ -24,12 +23,7 @@ REFRESH_STEPS = [step for step in range(1, MAX_STEPS + 1) if step not in RELAY_S
 
 @pytest.fixture(scope="module")
 def ddp_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
-    result_path = out / "result.json"
-    process = accelerate_launch("cpu_ddp.yaml", SCRIPT, [str(result_path)], out, timeout=600, what="DDP run")
-    assert result_path.exists(), f"the main process wrote no result file.\nstderr:\n{process.stderr[-20000:]}"
-    with open(result_path) as f:
-        return json.load(f)
+    return launch_for_result("cpu_ddp.yaml", SCRIPT, tmp_path_factory.mktemp("ddp"), timeout=600, what="DDP run")
 
 
 def _step_logs(result):

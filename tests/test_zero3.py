@@ -9,12 +9,11 @@ communication op (cached under ~/.cache/torch_extensions).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
-from launch import accelerate_launch
+from launch import launch_for_result
 
 pytest.importorskip("deepspeed")
 
@@ -27,12 +26,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def zero3_result(tmp_path_factory):
-    out = tmp_path_factory.mktemp("zero3")
-    result_path = out / "result.json"
-    process = accelerate_launch("cpu_zero3.yaml", SCRIPT, [str(result_path)], out, timeout=900, what="ZeRO-3 run")
-    assert result_path.exists(), f"the main process wrote no result file.\nstderr:\n{process.stderr[-20000:]}"
-    with open(result_path) as f:
-        return json.load(f)
+    return launch_for_result("cpu_zero3.yaml", SCRIPT, tmp_path_factory.mktemp("zero3"), timeout=900,
+                             what="ZeRO-3 run")
 
 
 def test_two_deepspeed_zero3_processes(zero3_result):

@@ -25,7 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from trl_soup import SOUPConfig, SOUPTrainer  # noqa: E402
+from common import script_args  # noqa: E402
+from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
 
 MAX_STEPS = 6
@@ -76,26 +77,7 @@ def main(result_path: str) -> int:
     initial = flat_parameters(model)
     dataset = build_dataset(64, seed=0)
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "ddp_out")
-    args = SOUPConfig(
-        output_dir=output_dir,
-        use_cpu=True,
-        report_to="none",
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=MAX_STEPS,
-        behavior_refresh_interval=REFRESH_INTERVAL,
-        prefix_ratio=0.5,
-        learning_rate=5e-3,
-        temperature=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5)
     trainer = RecordingSOUPTrainer(
         model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )

@@ -28,7 +28,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default asks fo
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from trl_soup import SOUPConfig, SOUPTrainer  # noqa: E402
+from common import script_args  # noqa: E402
+from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.toy import (  # noqa: E402
     build_dataset, build_tiny_model, build_tokenizer, char_match_reward, save_toy_model,
 )
@@ -97,26 +98,13 @@ def main(out_dir: str) -> int:
         save_toy_model(model_dir, model=build_tiny_model(tokenizer, seed=0), tokenizer=tokenizer)  # head dim 64
     if dist.is_initialized():
         dist.barrier()  # rank 0 has written the model
-    args = SOUPConfig(
-        output_dir=os.path.join(out_dir, "train"),
-        use_cpu=True,
-        report_to="none",
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
+    args = script_args(
+        os.path.join(out_dir, "train"),
         max_completion_length=MAX_COMPLETION_LENGTH,
         max_steps=MAX_STEPS,
         behavior_refresh_interval=REFRESH_INTERVAL,
         prefix_strategy="entropy",
         prefix_entropy_top_k=MAX_COMPLETION_LENGTH,
-        learning_rate=5e-3,
-        temperature=1.0,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
         use_vllm=True,
         vllm_mode="colocate",
         vllm_gpu_memory_utilization=0.05,

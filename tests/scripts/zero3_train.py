@@ -32,7 +32,8 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from trl_soup import SOUPConfig, SOUPTrainer  # noqa: E402
+from common import script_args  # noqa: E402
+from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.local import SNAPSHOT_FILE  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
 from trl_soup.trainer import SNAPSHOT_DIR  # noqa: E402
@@ -138,28 +139,8 @@ def main(result_path: str) -> int:
     initial = flat({k: v.detach().double() for k, v in model.named_parameters()})
     dataset = build_dataset(64, seed=0)
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "zero3_out")
-    args = SOUPConfig(
-        output_dir=output_dir,
-        use_cpu=True,
-        report_to="none",
-        bf16=False,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        max_steps=MAX_STEPS,
-        behavior_refresh_interval=REFRESH_INTERVAL,
-        prefix_ratio=0.5,
-        learning_rate=5e-3,
-        temperature=1.0,
-        logging_steps=1,
-        save_strategy="steps",
-        save_steps=SAVE_STEP,
-        save_only_model=True,
-        seed=0,
-        data_seed=0,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
-    )
+    args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5,
+                       save_strategy="steps", save_steps=SAVE_STEP, save_only_model=True)
     trainer = RecordingSOUPTrainer(
         model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )

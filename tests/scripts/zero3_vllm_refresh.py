@@ -22,7 +22,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 
-from trl_soup import SOUPConfig, SOUPTrainer  # noqa: E402
+from common import script_args  # noqa: E402
+from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.server_client import BehaviorServerClient  # noqa: E402
 from trl_soup.toy import build_dataset, build_tokenizer, char_match_reward  # noqa: E402
 
@@ -39,11 +40,9 @@ def main(model_dir: str, url: str, result_path: str) -> int:
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
     ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-    args = SOUPConfig(
-        output_dir=os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"), use_cpu=True, report_to="none",
-        bf16=False, per_device_train_batch_size=4, num_generations=4, max_completion_length=8, max_steps=3,
-        behavior_refresh_interval=2, learning_rate=5e-2, temperature=1.0, logging_steps=1, save_strategy="no", seed=0,
-        disable_tqdm=True, behavior_backend="vllm_server", behavior_server_base_url=url, behavior_refresh_method="disk",
+    args = script_args(
+        os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"), max_steps=3, behavior_refresh_interval=2,
+        learning_rate=5e-2, behavior_backend="vllm_server", behavior_server_base_url=url, behavior_refresh_method="disk",
     )
     trainer = SOUPTrainer(model=model_dir, reward_funcs=char_match_reward, args=args,
                           train_dataset=build_dataset(32, seed=0), processing_class=tokenizer)
