@@ -185,6 +185,63 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
     return cache
 
 
+def adapter_twin_name(name: str, adapter: str, twin: str) -> str | None:
+    """The name of ``twin``'s copy of the PEFT tensor ``name`` of ``adapter``, or None if ``name`` is not ``adapter``'s.
+
+    PEFT puts the adapter name as one component of the tensor name, in the middle (``...lora_A.default.weight``,
+    ``...lora_magnitude_vector.default.weight``, ``lm_head.modules_to_save.default.weight``) or at the end
+    (``...lora_embedding_A.default``, ``...trainable_tokens_delta.default``): components are compared whole.
+    """
+    parts = name.split(".")
+    if adapter not in parts:
+        return None
+    return ".".join(twin if part == adapter else part for part in parts)
+
+
+def adapter_twin_pairs(model, adapter: str, twin: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``(tensor of adapter, same tensor of twin)`` for every parameter of the PEFT adapter ``adapter``.
+
+    Raises ValueError when a trainable parameter has no twin (it would be trained but never copied into the behavior
+    copy, whose log-probs would then drift from the learner's after every refresh), or when ``adapter`` has none.
+    """
+    params = dict(model.named_parameters())
+    pairs, orphans = [], []
+    for name, param in params.items():
+        if twin in name.split("."):
+            continue
+        twin_name = adapter_twin_name(name, adapter, twin)
+        if twin_name is not None and twin_name in params:
+            pairs.append((param, params[twin_name]))
+        elif param.requires_grad:
+            orphans.append(name)
+    if orphans:
+        raise ValueError(
+            f"These trainable parameters have no copy in the {twin!r} PEFT adapter, so the behavior copy could not "
+            f"follow them: {orphans[:8]}{' ...' if len(orphans) > 8 else ''}. Train only PEFT adapter tensors (LoRA, "
+            "DoRA, modules_to_save, trainable_token_indices) with behavior_backend='local', or use "
+            "behavior_backend='vllm_server'."
+        )
+    if not pairs:
+        raise ValueError(f"No parameters of the PEFT adapter {adapter!r} were found to copy.")
+    return pairs
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module):
+    """Run the block with every submodule of ``module`` in eval mode (no dropout), then restore each one's mode.
+
+    The behavior policy is a fixed distribution: its samples and log-probs must not depend on dropout, whatever
+    ``disable_dropout`` says and whichever adapter is active (PEFT's LoRA dropout belongs to each adapter).
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
 class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter)."""
 
@@ -210,14 +267,9 @@ class LocalBehaviorBackend(BehaviorBackend):
                     "the behavior copy."
                 )
             learner.add_adapter(BEHAVIOR_ADAPTER, copy.deepcopy(learner.peft_config[trained]))
-            self._pairs = []  # (trained parameter, behavior parameter)
-            for name, param in learner.named_parameters():
-                if f".{trained}." in name:
-                    behavior = learner.get_parameter(name.replace(f".{trained}.", f".{BEHAVIOR_ADAPTER}."))
-                    behavior.requires_grad_(False)
-                    self._pairs.append((param, behavior))
-            if not self._pairs:
-                raise ValueError(f"No parameters of the PEFT adapter {trained!r} were found to copy.")
+            self._pairs = adapter_twin_pairs(learner, trained, BEHAVIOR_ADAPTER)  # (trained, behavior) tensors
+            for _, behavior in self._pairs:
+                behavior.requires_grad_(False)
             self.snapshot = None
         elif self.zero3:
             # Like TRL's reference model under ZeRO-3: built partitioned (zero.Init through _from_config when the
@@ -336,11 +388,11 @@ class LocalBehaviorBackend(BehaviorBackend):
                 trainer.accelerator,
                 gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                 generation_kwargs=generation_kwargs,
-            ) as unwrapped, use_adapter(unwrapped, BEHAVIOR_ADAPTER):
+            ) as unwrapped, use_adapter(unwrapped, BEHAVIOR_ADAPTER), eval_mode(unwrapped):
                 yield unwrapped
         else:
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            with use_adapter(unwrapped, BEHAVIOR_ADAPTER):
+            with use_adapter(unwrapped, BEHAVIOR_ADAPTER), eval_mode(unwrapped):
                 yield trainer.model
 
     def _pad_prompts(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
