@@ -289,6 +289,16 @@ class SOUPConfig(GRPOConfig):
                 "are written for unsharded or DeepSpeed ZeRO-3 parameters. Allowed values: fsdp disabled (use DDP or "
                 "DeepSpeed ZeRO-1/2/3)."
             )
+        generation = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
+        for name in ("num_beams", "num_beam_groups"):
+            beams = generation.get(name, 1)
+            if self.behavior_refresh_interval > 1 and beams is not None and beams != 1:
+                raise ValueError(
+                    f"generation_kwargs={{'{name}': {beams!r}, ...}} cannot be used with behavior_refresh_interval="
+                    f"{self.behavior_refresh_interval}: beam search is no sampling distribution, so a behavior prefix "
+                    "found by it has no pi_behavior for the denominator of Eq. 5. Allowed: "
+                    f"{name}=1 (sampling), or behavior_refresh_interval=1 (plain DAPO, as GRPOTrainer)."
+                )
         if self.max_completion_length is None or self.max_completion_length < 1:
             raise ValueError(
                 f"max_completion_length={self.max_completion_length!r} is invalid for SOUP: the continuation budget is "

@@ -127,15 +127,13 @@ class SamplingLogprobRecorder:
         self.logps.append(self.pending.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
         self.pending = None
 
-    def result(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, C)`` log-probs and entropies for the ``(B, C)`` tokens ``generate`` returned."""
+    def result(self, completion_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(B, C)`` log-probs and entropies for the ``(B, C)`` tokens ``generate`` returned, or None when the forward
+        calls seen do not line up one to one with those tokens."""
         if self.pending is not None:
             self._record(completion_ids[:, -1])
         if len(self.logps) != completion_ids.size(1):
-            raise RuntimeError(
-                f"generate made {len(self.logps)} sampling steps for {completion_ids.size(1)} tokens; cannot align the "
-                "behavior log-probs."
-            )
+            return None  # generate did not run one forward per token (a patched or assisted generate): score instead
         return torch.stack(self.logps, dim=1), torch.stack(self.entropies, dim=1)
 
 
@@ -251,6 +249,14 @@ class LocalBehaviorBackend(BehaviorBackend):
         self.is_peft = is_peft_model(learner)
         self.zero3 = is_zero3(trainer.accelerator)
         self._engine = None  # the DeepSpeed engine around the snapshot under ZeRO-3 (it owns the gathering hooks)
+        # Behavior log-probs come from generate's own forward passes, except where those cannot equal the loss
+        # forward's: under ZeRO-3 (synced_gpus runs forwards that append no token) and in reduced precision (the loss
+        # forward runs under the accelerator's autocast with TRL's fused LM head; generate's incremental bf16 forwards
+        # differ from it by about 1e-3 in log-prob). There a scoring forward through TRL's own
+        # _get_per_token_logps_and_entropies computes them exactly as the loss does (docs/deviations.md).
+        args = trainer.args
+        reduced_precision = args.bf16 or args.fp16 or learner.dtype in (torch.bfloat16, torch.float16)
+        self.score_after_sampling = self.zero3 or reduced_precision
         if self.is_peft and self.zero3:
             raise ValueError(
                 "behavior_backend='local' does not support a PEFT model under DeepSpeed ZeRO-3 in this release (the "
@@ -291,6 +297,7 @@ class LocalBehaviorBackend(BehaviorBackend):
             snapshot.to(trainer.accelerator.device)
             self._prepare_snapshot(snapshot)
             self.snapshot = snapshot
+            self._follow_buffers(learner)
 
     def _prepare_snapshot(self, snapshot) -> None:
         snapshot.requires_grad_(False)
@@ -325,6 +332,20 @@ class LocalBehaviorBackend(BehaviorBackend):
                 f"The learner and the behavior copy have different weights: {sorted(source.keys() ^ target.keys())}."
             )
         copy_tensors(((source[name], target[name]) for name in target), self.zero3)
+        self._follow_buffers(learner)
+
+    @torch.no_grad()
+    def _follow_buffers(self, learner) -> None:
+        """Give the snapshot the learner's buffers, non-persistent ones included, in the learner's dtype.
+
+        A fresh model computes its rotary ``inv_freq`` in float32, while a learner cast with ``.to(torch.bfloat16)``
+        holds a bf16-rounded one (about 4e-4 off): without this, a bf16 snapshot's log-probs differ from the
+        learner's by about 1e-3 at identical weights. Buffers are never partitioned by ZeRO-3.
+        """
+        buffers = dict(self.snapshot.named_buffers())
+        for name, buffer in learner.named_buffers():
+            if name in buffers:
+                buffers[name].data = buffer.detach().to(buffers[name].device, copy=True)
 
     def save_snapshot(self, directory: str) -> None:
         """Called on every rank (gathering a ZeRO-3 snapshot is a collective); only the main process writes."""
@@ -443,11 +464,14 @@ class LocalBehaviorBackend(BehaviorBackend):
         seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
         # Behavior log-probs and entropies come from the sampling forward passes themselves (no scoring forward),
         # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).
-        recorder = None if self.zero3 else SamplingLogprobRecorder(trainer.temperature)
+        recorder = None if self.score_after_sampling else SamplingLogprobRecorder(trainer.temperature)
         with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
             # The G samples of a prompt share its prefill: computed once per distinct prompt (not under ZeRO-3, where
-            # a forward is a collective and ranks could disagree on whether to run it).
-            cache = None if self.zero3 else shared_prompt_cache(model, p_ids, p_mask)
+            # a forward is a collective and ranks could disagree on whether to run it, nor with a cache_implementation,
+            # which generate builds itself and refuses next to a given cache).
+            cache = None
+            if not self.zero3 and generation_config.cache_implementation is None:
+                cache = shared_prompt_cache(model, p_ids, p_mask)
             extra = {} if cache is None else {"past_key_values": cache}
             hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
             handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
@@ -465,8 +489,9 @@ class LocalBehaviorBackend(BehaviorBackend):
         positions = torch.arange(c_ids.size(1), device=device).unsqueeze(0)
         c_mask = (positions <= eos_idx.unsqueeze(1)).long()
         c_ids = c_ids.masked_fill(c_mask == 0, trainer._tokenizer.pad_token_id)
-        if recorder is not None:
-            logps, entropies = recorder.result(out[:, p_ids.size(1):])
+        recorded = None if recorder is None else recorder.result(out[:, p_ids.size(1):])
+        if recorded is not None:
+            logps, entropies = recorded
         else:
             logps, entropies = self._score_padded(p_ids, p_mask, c_ids, c_mask)
         return BehaviorSamples(
