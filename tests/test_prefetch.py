@@ -10,13 +10,14 @@ with prefetching reproduces the uninterrupted one.
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 import torch
 
 from conftest import digit_share_reward, soup_args
 from trl_soup import SOUPConfig, SOUPTrainer
-from trl_soup.behavior.prefetch import BehaviorPrefetcher, LookAheadIterator, behavior_sampling_seed
+from trl_soup.behavior.prefetch import THREAD_NAME, BehaviorPrefetcher, LookAheadIterator, behavior_sampling_seed
 from trl_soup.toy import build_tiny_model, build_tokenizer, save_toy_model
 from vllm_server import start_vllm_server, vllm_available
 
@@ -79,6 +80,39 @@ def test_prefetcher_is_bounded_and_matches_prompts_and_budget():
     broken.close()
     with pytest.raises(ValueError, match="max_ahead"):
         BehaviorPrefetcher(sample, max_ahead=0)
+
+
+def _prefetch_threads():
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_NAME)]
+
+
+def test_close_cancels_queued_requests_and_ends_the_thread():
+    started, release, calls = threading.Event(), threading.Event(), []
+
+    def sample(prompt_ids, budget, index):
+        calls.append(index)
+        started.set()
+        assert release.wait(timeout=30)
+        return index
+
+    prefetcher = BehaviorPrefetcher(sample, max_ahead=3)
+    for index in (1, 2, 3):
+        assert prefetcher.submit(index, [[index]], 4, current=0)
+    assert started.wait(timeout=30) and len(_prefetch_threads()) == 1  # request 1 in flight, 2 and 3 queued
+    closer = threading.Thread(target=prefetcher.close)
+    closer.start()
+    closer.join(timeout=0.5)
+    assert closer.is_alive()  # close waits for the request in flight ...
+    release.set()
+    closer.join(timeout=30)
+    assert not closer.is_alive()
+    assert calls == [1]  # ... but the queued ones never ran
+    assert len(prefetcher) == 0 and not _prefetch_threads()
+    # Usable again after close (a second train() call): a new thread serves new requests.
+    assert prefetcher.submit(5, [[5]], 4, current=4)
+    assert prefetcher.take(5, [[5]], 4) == 5
+    prefetcher.close()
+    assert not _prefetch_threads()
 
 
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
@@ -208,3 +242,33 @@ def test_resume_with_prefetch_regenerates_identically(tmp_path, server, prompt_d
         assert {3, 4} <= set(got)
         for step in (3, 4):
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (key, step)
+
+
+@needs_server
+@pytest.mark.slow
+def test_no_prefetch_thread_outlives_train(tmp_path, server, prompt_dataset):
+    """train() closes the prefetcher when it returns and when it raises (here: a reward function failing at the third
+    generation batch, while later batches of the window are already requested)."""
+    calls = []
+
+    def failing_reward(prompts, completions, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("reward service down")
+        return digit_share_reward(prompts, completions)
+
+    tokenizer = build_tokenizer()
+    settings = dict(behavior_backend="vllm_server", behavior_server_base_url=str(server), behavior_refresh_interval=4,
+                    max_steps=6, behavior_refresh_dir=str(tmp_path / "refresh"), behavior_prefetch=2)
+    trainer = SOUPTrainer(model=build_tiny_model(tokenizer, seed=0), reward_funcs=failing_reward,
+                          args=soup_args(tmp_path, **settings), train_dataset=prompt_dataset,
+                          processing_class=tokenizer)
+    with pytest.raises(RuntimeError, match="reward service down"):
+        trainer.train()
+    assert trainer.behavior_prefetcher.requested  # requests were made before the failure
+    assert len(trainer.behavior_prefetcher) == 0 and not _prefetch_threads()
+
+    calls.clear()
+    calls.extend([1] * 10)  # the reward works again: a second train() starts over and ends cleanly
+    trainer.train()
+    assert not _prefetch_threads()

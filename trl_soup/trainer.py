@@ -81,7 +81,9 @@ class SOUPTrainer(GRPOTrainer):
       look-ahead so the prompts of the next generation batches can be read early (the batches and their order are
       unchanged); their behavior responses are then sampled in the background (:mod:`trl_soup.behavior.prefetch`).
     - ``_save_checkpoint`` / ``_load_optimizer_and_scheduler``: save and restore the refresh counter, the
-      truncation RNG and, mid-window, the behavior snapshot.
+      truncation RNG and, mid-window, the behavior snapshot; ``_save``: leaves the PEFT behavior adapter out of saved
+      models.
+    - ``train``: closes the prefetcher when training returns or raises (no background thread outlives it).
     """
 
     _tag_names = ["trl", "grpo", "soup"]
@@ -157,6 +159,13 @@ class SOUPTrainer(GRPOTrainer):
                 lambda ids, budget, index: self.behavior.sample(ids, budget, generation_batch_index=index),
                 args.behavior_prefetch,
             )
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:  # also when training raises: requests still queued are cancelled, the background thread ends
+            if self.behavior_prefetcher is not None:
+                self.behavior_prefetcher.close()
 
     # ---------------------------------------------------------------------------------------------- generation
     def _generate_and_score_completions(self, inputs):

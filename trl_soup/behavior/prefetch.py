@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import torch
 
 _RECENT = 64  # batches already handed to the trainer that can still be located by identity
+THREAD_NAME = "soup-behavior-prefetch"
 
 
 def behavior_sampling_seed(seed: int, generation_batch_index: int, process_index: int) -> int:
@@ -114,7 +115,7 @@ class BehaviorPrefetcher:
         self.sample_fn = sample_fn
         self.max_ahead = max_ahead
         self._pending: dict[int, tuple[list[list[int]], int, Future]] = {}
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="soup-behavior-prefetch")
+        self._executor: ThreadPoolExecutor | None = None  # started by the first request, ended by close()
         self.lookahead: LookAheadIterator | None = None
         self.requested: list[tuple[int, int]] = []  # (current batch, requested batch), for inspection and tests
 
@@ -135,6 +136,8 @@ class BehaviorPrefetcher:
         if generation_batch_index in self._pending or not 0 < generation_batch_index - current <= self.max_ahead:
             return False
         prompt_ids = [list(ids) for ids in prompt_ids]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
         future = self._executor.submit(self.sample_fn, prompt_ids, max_new_tokens, generation_batch_index)
         self._pending[generation_batch_index] = (prompt_ids, max_new_tokens, future)
         self.requested.append((current, generation_batch_index))
@@ -165,8 +168,18 @@ class BehaviorPrefetcher:
             _wait_quietly(future)
 
     def close(self) -> None:
-        self.clear()
-        self._executor.shutdown(wait=True)
+        """Cancel every request not started yet, wait for the one in flight (if any) and end the background thread.
+
+        Called when ``train()`` returns or raises, so no thread outlives it and nothing still queued delays the
+        interpreter's exit. The prefetcher can be used again afterwards (a later ``train()`` starts a new thread).
+        """
+        pending, self._pending = self._pending, {}
+        for _, _, future in pending.values():
+            future.cancel()
+        self.lookahead = None
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def _wait_quietly(future: Future) -> None:
