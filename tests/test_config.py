@@ -356,3 +356,16 @@ def test_fixed_budget_is_registered_with_a_decode_budget(tmp_path):
     config = make_config(tmp_path, prefix_strategy="fixed_budget", prefix_budget=7)
     assert behavior_decode_budget("fixed_budget", config) == 7
     assert behavior_decode_budget("ratio", config) == config.max_completion_length  # full responses, then cut
+
+
+@pytest.mark.parametrize("filters", [dict(top_p=0.9), dict(top_k=20), dict(min_p=0.05), dict(repetition_penalty=1.2)])
+def test_vllm_server_filters_refused_at_temperature_not_one(tmp_path, filters):
+    """The vllm_server backend's prefix log-probs are exact with a sampling filter only at temperature 1 (prompt
+    log-probs of a re-scoring request); elsewhere SOUPConfig refuses it before any model loads."""
+    base = dict(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_backend="vllm_server")
+    name = next(iter(filters))
+    with pytest.raises(ValueError, match=f"temperature=0.7 and {name}=.*Allowed: temperature=1.0"):
+        SOUPConfig(**base, temperature=0.7, **filters)
+    SOUPConfig(**base, temperature=1.0, **filters)  # re-scored exactly
+    SOUPConfig(**base, temperature=0.7)  # no filter: the sampling log-probs are exact
+    SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, temperature=0.7, **filters)  # local backend

@@ -270,3 +270,134 @@ def test_disk_refresh_under_zero3(tmp_path, server, served):
                                    rtol=0)
     moved = (torch.tensor(checks[1]["expected"]) - torch.tensor(checks[0]["expected"])).abs().max()
     assert moved > 10 * TOLERANCE  # the learner moved between refreshes, so a stale server would fail the check
+
+
+# ------------------------------------------------------------------------------------------------ sampling filters
+# The prefix denominator is log_softmax(logits / temperature) of the behavior weights, whatever the sampling filters
+# (docs/deviations.md, "The prefix denominator"). With top-p / top-k / min-p / repetition penalty the server's sampled
+# log-probs are renormalised over the kept tokens, so the backend re-scores each response with prompt log-probs.
+FILTERS = [
+    pytest.param(dict(top_p=0.9, top_k=20), id="top_p-top_k"),
+    pytest.param(dict(top_p=0.9, top_k=20, min_p=0.05, repetition_penalty=1.5), id="min_p-repetition_penalty"),
+]
+
+
+def test_check_sampling_settings():
+    """Pure: which sampling settings the "vllm_server" backend accepts (no server needed)."""
+    from types import SimpleNamespace
+
+    from trl_soup.behavior.vllm_server import check_sampling_settings, sampling_filters
+
+    def settings(**overrides):
+        values = dict(behavior_backend="vllm_server", temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+                      repetition_penalty=1.0)  # TRL 1.16 GRPOConfig defaults
+        values.update(overrides)
+        return SimpleNamespace(**values)
+
+    assert sampling_filters(settings()) == {}
+    assert sampling_filters(settings(top_k=None, min_p=0.0)) == {}
+    assert sampling_filters(settings(top_k=-1)) == {}
+    assert sampling_filters(settings(top_p=0.9, top_k=20, min_p=0.1, repetition_penalty=1.2)) == {
+        "top_p": 0.9, "top_k": 20, "min_p": 0.1, "repetition_penalty": 1.2}
+    # Exact: no filter at any temperature (sampled processed log-probs), any filter at temperature 1 (re-scoring).
+    for temperature in (0.7, 1.0, 1.3):
+        check_sampling_settings(settings(temperature=temperature))
+    for name, value in (("top_p", 0.9), ("top_k", 20), ("min_p", 0.05), ("repetition_penalty", 1.1)):
+        check_sampling_settings(settings(**{name: value}))
+        with pytest.raises(ValueError, match=rf"temperature=0\.7 and {name}={value}.*Allowed: temperature=1\.0"):
+            check_sampling_settings(settings(temperature=0.7, **{name: value}))
+        check_sampling_settings(settings(behavior_backend="local", temperature=0.7, **{name: value}))
+
+
+class ServerLogRatioTrainer(SOUPTrainer):
+    """Keeps every generation batch as it reaches the loss."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        self.batches.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()})
+        return output
+
+
+def _fresh_copy(model, tokenizer):
+    """A plain model with ``model``'s weights (the trainer patches its own learner's forward)."""
+    copy = build_tiny_model(tokenizer, seed=11)
+    copy.load_state_dict(model.state_dict())
+    return copy.eval()
+
+
+def _unfiltered_logps(model, prompt, ids):
+    """Independent forward: log_softmax(logits) (temperature 1) at each response position, shape (len(ids), V)."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + ids])).logits[0].float()
+    return torch.log_softmax(logits[len(prompt) - 1 : -1], dim=-1)
+
+
+@pytest.mark.parametrize("filters", FILTERS)
+def test_filtered_sampling_returns_unfiltered_logps(tmp_path, server, prompt_dataset, filters):
+    """With sampling filters on, the backend's log-probs and entropies are those of the unfiltered softmax of the
+    behavior weights (an independent transformers forward of the same weights), while the tokens follow the filters."""
+    from trl_soup.core import entropy_from_top_logprobs
+
+    tokenizer = build_tokenizer()
+    learner = build_tiny_model(tokenizer, seed=3)
+    args = _server_args(tmp_path, server, learning_rate=0.0, temperature=1.0, max_completion_length=24, **filters)
+    trainer = SOUPTrainer(model=learner, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
+                          processing_class=tokenizer)
+    backend = trainer.behavior
+    backend.refresh()  # the server now holds the learner's weights
+    prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_dataset["prompt"][:8]]
+    samples = backend.sample(prompts, 24, generation_batch_index=1)
+    reference = _fresh_copy(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+    k = args.prefix_entropy_logprobs
+    errors, entropy_errors, log_kept_mass = [], [], []
+    for i, prompt in enumerate(prompts):
+        n = int(samples.mask[i].sum())
+        ids = samples.completion_ids[i, :n].tolist()
+        assert n > 0
+        full = _unfiltered_logps(reference, prompt, ids)
+        ref = full.gather(-1, torch.tensor(ids).unsqueeze(-1)).squeeze(-1)
+        errors.append((samples.per_token_logps[i, :n] - ref).abs().max().item())
+        ref_entropy, _ = entropy_from_top_logprobs(full.topk(k, dim=-1).values, reference.config.vocab_size)
+        entropy_errors.append((samples.entropies[i, :n] - ref_entropy.float()).abs().max().item())
+        if "repetition_penalty" not in filters:
+            # The filters reached the server: each token is in the top-k and the top-p nucleus of the softmax ...
+            sorted_logps, order = full.sort(dim=-1, descending=True)
+            rank = (order == torch.tensor(ids).unsqueeze(-1)).float().argmax(-1)
+            assert (rank < filters["top_k"]).all()
+            top = sorted_logps[:, : filters["top_k"]].exp()
+            top = top / top.sum(-1, keepdim=True)
+            before = (top.cumsum(-1) - top).gather(-1, rank.unsqueeze(-1)).squeeze(-1)  # mass of likelier tokens
+            assert (before < filters["top_p"] + 1e-6).all()
+            # ... and a renormalised (filtered) log-prob would be off by log(kept mass), far above the tolerance.
+            keep = torch.zeros_like(sorted_logps, dtype=torch.bool)
+            keep[:, : filters["top_k"]] = top.cumsum(-1) - top < filters["top_p"]
+            log_kept_mass.append(torch.logsumexp(sorted_logps.masked_fill(~keep, float("-inf")), -1))
+    assert max(errors) < TOLERANCE, errors
+    assert max(entropy_errors) < TOLERANCE, entropy_errors
+    if log_kept_mass:
+        assert torch.cat(log_kept_mass).mean().item() < -0.05
+
+
+def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, server, prompt_dataset):
+    """A relay run at identical weights (learning rate 0, the behavior refreshed to the learner) with top_p=0.9,
+    top_k=20: the prefix log-ratio log pi_theta - log pi_behavior that enters the loss is 0."""
+    tokenizer = build_tokenizer()
+    learner = build_tiny_model(tokenizer, seed=3)
+    args = _server_args(tmp_path, server, learning_rate=0.0, temperature=1.0, top_p=0.9, top_k=20, max_steps=2,
+                        prefix_strategy="entropy", prefix_entropy_top_k=4)
+    trainer = ServerLogRatioTrainer(model=learner, reward_funcs=digit_share_reward, args=args,
+                                    train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer.train()
+    relay = trainer.batches[1]  # batch 0 is on-policy (right after the refresh), batch 1 a relay batch
+    prefix = relay["prefix_mask"].bool()
+    assert prefix.any() and relay["old_per_token_logps"] is not None
+    log_ratio = relay["old_per_token_logps"][prefix] - relay["behavior_per_token_logps"][prefix]
+    assert log_ratio.abs().max().item() < TOLERANCE, (log_ratio.abs().max().item(), log_ratio.mean().item())
+    reference = _fresh_copy(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
+    ref, _ = reference_logps(reference, relay["prompt_ids"], relay["prompt_mask"], relay["completion_ids"],
+                             relay["completion_mask"], 1.0)
+    assert (relay["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE

@@ -299,6 +299,9 @@ class SOUPConfig(GRPOConfig):
                     "found by it has no pi_behavior for the denominator of Eq. 5. Allowed: "
                     f"{name}=1 (sampling), or behavior_refresh_interval=1 (plain DAPO, as GRPOTrainer)."
                 )
+        from .behavior.vllm_server import check_sampling_settings
+
+        check_sampling_settings(self)  # vllm_server: sampling filters only where exact prefix log-probs can be had
         if self.max_completion_length is None or self.max_completion_length < 1:
             raise ValueError(
                 f"max_completion_length={self.max_completion_length!r} is invalid for SOUP: the continuation budget is "

@@ -5,7 +5,8 @@
 - Binds to 127.0.0.1 unless ``--host`` says otherwise: the server runs in vLLM's dev mode, whose endpoints can reload
   weights, and must not face a network.
 - Passes the flags SOUP needs: ``VLLM_SERVER_DEV_MODE=1`` (``/collective_rpc``, ``/reset_prefix_cache``),
-  ``--logprobs-mode processed_logprobs`` (behavior log-probs after temperature scaling, like TRL's), enough
+  ``--logprobs-mode processed_logprobs`` (behavior log-probs after temperature scaling, like TRL's; with sampling
+  filters the backend re-scores responses instead, see docs/deviations.md "The prefix denominator"), enough
   ``--max-logprobs`` for the entropy estimate, and with ``--enable-lora`` runtime LoRA loading.
 - Any model can be served as it is, tied embeddings included: every refresh writes the output head explicitly
   (see docs/vllm_server.md).

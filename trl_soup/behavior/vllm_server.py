@@ -10,9 +10,20 @@ The learner pushes its weights to the server every T generation batches (``behav
 - ``"nccl"`` (GPU): TRL's weight-transfer client (``trl.generation.vllm_client.VLLMClient``) on its own group port.
 
 Between refreshes the server is never written to, so it is frozen. Sampling sends one request per prompt row, with a
-seed derived from the run seed, the generation batch and the row, and reads the server's sampling log-probs (these are
-the behavior log-probs of the prefix) and top-k log-probs (for the entropy estimate of
-:func:`trl_soup.core.entropy_from_top_logprobs`).
+seed derived from the run seed, the generation batch and the row.
+
+The behavior log-probs of the prefix (and the top-k log-probs behind the entropy estimate of
+:func:`trl_soup.core.entropy_from_top_logprobs`) are those of the distribution TRL evaluates pi_theta on,
+``log_softmax(logits / temperature)``: no top-p, top-k, min-p or repetition penalty (docs/deviations.md, "The prefix
+denominator"). How they are read depends on the sampling settings (:func:`sampling_filters`):
+
+- no filter active: the sampling request's own log-probs (``--logprobs-mode processed_logprobs``: after temperature,
+  and nothing else is applied), at any temperature;
+- a filter active and ``temperature == 1``: the sampled log-probs are renormalised over the kept tokens, so each
+  response is re-scored by a second request on ``prompt + response`` with ``prompt_logprobs`` (vLLM computes them
+  from the raw logits, i.e. at temperature 1, without penalties or filters);
+- a filter active and ``temperature != 1``: vLLM offers neither (prompt log-probs ignore the temperature), so
+  :func:`check_sampling_settings` refuses it.
 """
 
 from __future__ import annotations
@@ -34,6 +45,57 @@ from .server_client import BehaviorServerClient, BehaviorServerError
 WEIGHTS_FILE = "model.safetensors"
 LORA_PREFIX = "soup-behavior"
 _CONCURRENCY = 16
+
+
+def sampling_filters(args) -> dict:
+    """The sampling settings of ``args`` that make vLLM's sampling distribution differ from
+    ``softmax(logits / temperature)``: ``{name: value}`` for each active one (empty when none is).
+
+    ``args`` needs ``top_p``, ``top_k``, ``min_p`` and ``repetition_penalty`` (GRPOConfig's defaults 1.0, 0, None, 1.0
+    are all inactive; ``top_k`` of None, 0 or -1 and ``min_p`` of None or 0 mean "off").
+    """
+    active = {}
+    top_p = getattr(args, "top_p", 1.0)
+    if top_p is not None and top_p < 1.0:
+        active["top_p"] = top_p
+    top_k = getattr(args, "top_k", 0)
+    if top_k is not None and top_k > 0:
+        active["top_k"] = top_k
+    min_p = getattr(args, "min_p", None)
+    if min_p is not None and min_p > 0.0:
+        active["min_p"] = min_p
+    repetition_penalty = getattr(args, "repetition_penalty", 1.0)
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        active["repetition_penalty"] = repetition_penalty
+    return active
+
+
+def check_sampling_settings(args) -> None:
+    """Refuse sampling settings for which the "vllm_server" backend cannot return exact behavior log-probs.
+
+    The prefix denominator pi_behavior is ``log_softmax(logits / temperature)`` of the behavior weights, the
+    distribution TRL's pi_theta is evaluated on (docs/deviations.md). A vLLM server gives it either as its sampling
+    log-probs (``processed_logprobs``, exact only when no filter or penalty is active) or as prompt log-probs of a
+    re-scoring request (exact only at temperature 1: vLLM computes prompt log-probs from the raw logits). With a
+    filter active and ``temperature != 1`` neither is exact, so this raises ``ValueError``.
+
+    ``args``: a SOUPConfig-like object with ``behavior_backend``, ``temperature``, ``top_p``, ``top_k``, ``min_p`` and
+    ``repetition_penalty``. Does nothing for other backends (the "local" backend scores any setting exactly).
+    """
+    if getattr(args, "behavior_backend", None) != "vllm_server":
+        return
+    active = sampling_filters(args)
+    temperature = getattr(args, "temperature", 1.0)
+    if active and temperature != 1.0:
+        settings = ", ".join(f"{name}={value!r}" for name, value in active.items())
+        raise ValueError(
+            f"behavior_backend='vllm_server' with temperature={temperature!r} and {settings}: a vLLM server cannot "
+            "return the prefix denominator log_softmax(logits / temperature) when sampling filters are on (its "
+            "sampling log-probs are renormalised over the kept tokens, and its prompt log-probs ignore the "
+            "temperature). Allowed: temperature=1.0 with any top_p / top_k / min_p / repetition_penalty; or, at any "
+            "temperature, no filter: top_p=1.0, top_k=0 (or None, -1), min_p=None (or 0.0), repetition_penalty=1.0; "
+            "or behavior_backend='local'."
+        )
 
 
 def server_state_dict(model) -> dict[str, torch.Tensor]:
@@ -87,6 +149,10 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
     def __init__(self, trainer):
         self.trainer = trainer
         args = trainer.args
+        check_sampling_settings(args)  # also refused by SOUPConfig; kept here for configs built without it
+        # With a filter active (then temperature == 1), the sampled log-probs are renormalised over the kept tokens:
+        # every response is re-scored with prompt log-probs (see the module docstring).
+        self.rescore = bool(sampling_filters(args))
         self.base_url = args.behavior_server_base_url or f"http://{args.behavior_server_host}:{args.behavior_server_port}"
         self.method = args.behavior_refresh_method
         learner = trainer.accelerator.unwrap_model(trainer.model)
@@ -151,9 +217,9 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         mode = model_config.get("logprobs_mode")
         if mode is not None and mode != "processed_logprobs":
             raise ValueError(
-                f"The behavior server at {self.base_url} runs with --logprobs-mode {mode}: its log-probs ignore the "
-                "sampling temperature, so they are not pi_behavior. Restart it with --logprobs-mode processed_logprobs "
-                "(python -m trl_soup.serve_behavior does)."
+                f"The behavior server at {self.base_url} runs with --logprobs-mode {mode}: its sampling log-probs are "
+                "then not log_softmax(logits / temperature), the prefix denominator. Restart it with --logprobs-mode "
+                "processed_logprobs (python -m trl_soup.serve_behavior does)."
             )
         max_logprobs = model_config.get("max_logprobs")
         if max_logprobs is not None and 0 <= max_logprobs < trainer.args.prefix_entropy_logprobs:
@@ -281,7 +347,12 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
                generation_batch_index: int | None = None) -> BehaviorSamples:
-        """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread."""
+        """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread.
+
+        Without sampling filters one request per row gives the tokens and their log-probs. With filters (temperature
+        1, :func:`check_sampling_settings`) the row's response is then re-scored by a second request on
+        ``prompt + response`` whose prompt log-probs are the unfiltered, unpenalised softmax of the behavior weights.
+        """
         trainer = self.trainer
         args = trainer.args
         top_k = args.prefix_entropy_logprobs
@@ -293,7 +364,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             "top_k": trainer.top_k if trainer.top_k else -1,
             "min_p": trainer.min_p or 0.0,
             "repetition_penalty": trainer.repetition_penalty,
-            "logprobs": top_k,
+            "logprobs": None if self.rescore else top_k,
             "n": 1,
             "stop_token_ids": list(trainer.eos_token_ids),
             "return_token_ids": True,
@@ -302,35 +373,76 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         }
         seeds = self._row_seeds(len(prompt_ids), generation_batch_index)
 
-        def send(row: int) -> dict:
-            return self.client.complete({**base, "prompt": list(prompt_ids[row]), "seed": seeds[row]})[0]
+        def send(row: int) -> tuple[list[int], list[float], list[dict]]:
+            prompt = list(prompt_ids[row])
+            payload = {**base, "prompt": prompt, "seed": seeds[row]}
+            if self.rescore and self.max_model_len is not None:
+                # The re-scoring request needs one free position after prompt + response (vLLM refuses a prompt of
+                # max_model_len tokens), so the response is capped one token below vLLM's own silent cap.
+                payload["max_tokens"] = min(max_new_tokens, self.max_model_len - 1 - len(prompt))
+                if payload["max_tokens"] < 1:
+                    raise BehaviorServerError(
+                        f"A prompt of {len(prompt)} tokens leaves no room for a response on the behavior server at "
+                        f"{self.base_url} (max_model_len={self.max_model_len}). Restart it with a larger "
+                        "--max-model-len."
+                    )
+            choice = self.client.complete(payload)[0]
+            ids = list(choice["token_ids"])
+            if not self.rescore:
+                return _row_from_choice(choice)
+            if not ids:
+                return ids, [], []
+            return (ids, *self._score(prompt, ids, top_k))
 
         with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, max(1, len(prompt_ids)))) as pool:
-            choices = list(pool.map(send, range(len(prompt_ids))))
-        return self._samples_from_choices(choices, top_k)
+            rows = list(pool.map(send, range(len(prompt_ids))))
+        return self._samples_from_rows(rows, top_k)
+
+    def _score(self, prompt: list[int], ids: list[int], top_k: int) -> tuple[list[float], list[dict]]:
+        """log_softmax(logits) of the behavior weights at each response token, and the top-k there, from the prompt
+        log-probs of ``prompt + ids`` (vLLM computes them from the raw logits: temperature 1, no penalty, no filter;
+        vllm/v1/worker/gpu_model_runner.py ``_get_prompt_logprobs_dict``). Exact only at temperature 1, which
+        :func:`check_sampling_settings` guarantees whenever this runs."""
+        choice = self.client.complete({
+            "model": self.model_name, "prompt": prompt + ids, "max_tokens": 1, "temperature": 1.0, "top_k": -1,
+            "prompt_logprobs": top_k, "skip_special_tokens": False,
+        })[0]
+        entries = (choice.get("prompt_logprobs") or [])[len(prompt):]
+        if len(entries) != len(ids):
+            raise BehaviorServerError(
+                f"The behavior server at {self.base_url} returned {len(entries)} prompt log-probs for a response of "
+                f"{len(ids)} tokens."
+            )
+        logps, tops = [], []
+        for token, entry in zip(ids, entries, strict=True):
+            entry = {int(key): value["logprob"] for key, value in entry.items()}
+            logps.append(entry[token])  # the scored token is always in its entry
+            tops.append(entry)
+        return logps, tops
 
     def _samples_from_choices(self, choices: list[dict], top_k: int) -> BehaviorSamples:
+        """BehaviorSamples from sampling answers that carry their own log-probs (the no-filter path)."""
+        return self._samples_from_rows([_row_from_choice(choice) for choice in choices], top_k)
+
+    def _samples_from_rows(self, rows: list[tuple[list[int], list[float], list[dict]]], top_k: int) -> BehaviorSamples:
+        """Rows of (response ids, log-prob of each token, {token id: log-prob} with the top-k and the token itself)."""
         trainer = self.trainer
         device = trainer.accelerator.device
         eos = set(trainer.eos_token_ids)
         rows_ids, rows_logps, rows_top = [], [], []
-        for choice in choices:
-            ids = list(choice["token_ids"])
-            logprobs = choice["logprobs"]
-            rows_ids.append(ids)
-            rows_logps.append([float("nan") if lp is None else lp for lp in logprobs["token_logprobs"]])
-            tops = []
-            for sampled, lp, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"],
-                                        strict=True):
-                merged = {**(top or {}), sampled: lp}  # the sampled token is always known
-                values = sorted((v for v in merged.values() if v is not None), reverse=True)[:top_k]
-                tops.append(values + [float("-inf")] * (top_k - len(values)))
-            rows_top.append(tops)
-            if len(ids) != len(rows_logps[-1]):
+        for ids, token_logps, entries in rows:
+            if len(ids) != len(token_logps):
                 raise BehaviorServerError(
                     f"The behavior server at {self.base_url} returned {len(ids)} token ids but "
-                    f"{len(rows_logps[-1])} log-probs; start it with the flags of `python -m trl_soup.serve_behavior`."
+                    f"{len(token_logps)} log-probs; start it with the flags of `python -m trl_soup.serve_behavior`."
                 )
+            rows_ids.append(ids)
+            rows_logps.append([float("nan") if lp is None else lp for lp in token_logps])
+            tops = []
+            for entry in entries:
+                values = sorted((v for v in entry.values() if v is not None), reverse=True)[:top_k]
+                tops.append(values + [float("-inf")] * (top_k - len(values)))
+            rows_top.append(tops)
         length = max(1, max(len(ids) for ids in rows_ids))
         batch = len(rows_ids)
         completion_ids = torch.full((batch, length), trainer._tokenizer.pad_token_id, dtype=torch.long)
@@ -353,3 +465,19 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             entropies=(entropies * mask).to(device),
             ended_with_eos=ended.to(device),
         )
+
+
+def _token_id(key) -> int:
+    """A token key of vLLM's sampled log-probs: ``"token_id:123"`` (``return_tokens_as_token_ids``) or an id."""
+    return int(str(key).rsplit(":", 1)[-1])
+
+
+def _row_from_choice(choice: dict) -> tuple[list[int], list, list[dict]]:
+    """(token ids, sampled log-probs, per position {token id: log-prob} of the top-k plus the sampled token, whose
+    log-prob is always known) from one /v1/completions choice."""
+    logprobs = choice["logprobs"]
+    token_logps = list(logprobs["token_logprobs"])
+    entries = []
+    for token, lp, top in zip(logprobs["tokens"], token_logps, logprobs["top_logprobs"], strict=True):
+        entries.append({**{_token_id(key): value for key, value in (top or {}).items()}, _token_id(token): lp})
+    return list(choice["token_ids"]), token_logps, entries
