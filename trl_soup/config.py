@@ -8,15 +8,15 @@ from trl import GRPOConfig
 
 from .truncation import available_prefix_strategies
 
-# Backends for the behavior policy. "vllm_server" is part of the public contract (SOUP.md Sec. 3) and is planned;
-# this release ships "local" only, and names the other in the error so users know it is coming rather than a typo.
+# Backends for the behavior policy (trl_soup.behavior).
 BEHAVIOR_BACKENDS = ("local", "vllm_server")
 BEHAVIOR_REFRESH_METHODS = ("disk", "lora", "nccl")
 
-# Loss types whose ratio is per token, so a per-token mixed denominator (paper Eq. 5) is meaningful.
-TOKEN_LEVEL_LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo")
-# Sequence-level losses mix prefix and continuation ratios into one sequence weight.
-SEQUENCE_LEVEL_LOSS_TYPES = ("luspo", "vespo")
+# TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
+# denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
+# sequence-level weights (importance_sampling_level="sequence", luspo, vespo) are the geometric mean of those token
+# ratios: the trajectory's length-normalised likelihood ratio against the policies that wrote it (docs/equations.md).
+LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
 
 
 @dataclass
@@ -254,45 +254,37 @@ class SOUPConfig(GRPOConfig):
             )
 
     def _validate_grpo_compatibility(self):
-        """Refuse GRPO options that cannot be combined with a per-token mixed ratio (paper Eq. 5)."""
-        if self.importance_sampling_level != "token":
+        """Refuse GRPO options that SOUP cannot honour, before any model is loaded."""
+        if self.loss_type not in LOSS_TYPES:
             raise ValueError(
-                f"importance_sampling_level={self.importance_sampling_level!r} cannot be used with SOUP: a sequence-level "
-                "ratio averages prefix tokens (weighted by pi_theta/pi_behavior) and continuation tokens (weighted by "
-                "pi_theta/pi_old) into one weight. Allowed value: 'token'."
+                f"loss_type={self.loss_type!r} is not a loss type of TRL 1.16. Allowed values: "
+                f"{list(LOSS_TYPES)} (paper default 'dapo')."
             )
-        if self.loss_type not in TOKEN_LEVEL_LOSS_TYPES:
-            raise ValueError(
-                f"loss_type={self.loss_type!r} cannot be used with SOUP: it needs a token-level importance ratio. "
-                f"Allowed values: {list(TOKEN_LEVEL_LOSS_TYPES)} (paper default 'dapo')."
-            )
-        if self.off_policy_mask_threshold is not None:
-            raise ValueError(
-                f"off_policy_mask_threshold={self.off_policy_mask_threshold!r} cannot be used with SOUP: the off-policy "
-                "sequence mask mixes the behavior prefix and the on-policy continuation into one sequence KL. "
-                "Allowed value: None."
-            )
-        if self.use_vllm and self.vllm_structured_outputs_regex is not None:
+        # Options that only relay batches cannot honour: refused when T > 1; T = 1 is plain DAPO, where SOUPTrainer
+        # accepts whatever GRPOTrainer does.
+        relay = self.behavior_refresh_interval > 1
+        at_t1 = " (or behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)"
+        if relay and self.use_vllm and self.vllm_structured_outputs_regex is not None:
             raise ValueError(
                 f"vllm_structured_outputs_regex={self.vllm_structured_outputs_regex!r} cannot be used with SOUP: on relay "
                 "batches vLLM writes only the continuation after a behavior prefix, so the regex would constrain the "
-                "continuation alone, not the whole completion. Allowed value: None."
+                f"continuation alone, not the whole completion. Allowed value: None{at_t1}."
             )
-        if self.use_transformers_continuous_batching:
+        if relay and self.use_transformers_continuous_batching:
             raise ValueError(
-                "use_transformers_continuous_batching=True is not supported by SOUPTrainer in this release. "
-                "Allowed value: False."
+                "use_transformers_continuous_batching=True is not supported on relay batches in this release. "
+                f"Allowed value: False{at_t1}."
             )
-        if self.fsdp:
+        if relay and self.fsdp:
             raise ValueError(
                 f"fsdp={self.fsdp!r} is not supported by SOUPTrainer in this release: the behavior copy and its refresh "
                 "are written for unsharded or DeepSpeed ZeRO-3 parameters. Allowed values: fsdp disabled (use DDP or "
-                "DeepSpeed ZeRO-1/2/3)."
+                f"DeepSpeed ZeRO-1/2/3){at_t1}."
             )
         generation = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
         for name in ("num_beams", "num_beam_groups"):
             beams = generation.get(name, 1)
-            if self.behavior_refresh_interval > 1 and beams is not None and beams != 1:
+            if relay and beams is not None and beams != 1:
                 raise ValueError(
                     f"generation_kwargs={{'{name}': {beams!r}, ...}} cannot be used with behavior_refresh_interval="
                     f"{self.behavior_refresh_interval}: beam search is no sampling distribution, so a behavior prefix "

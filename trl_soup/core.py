@@ -10,6 +10,7 @@ Equation map (see docs/equations.md):
     Eq. 4 trajectory o = [s_b, s_c] -> build_prefix_mask
     Eq. 5 mixed token ratio        -> mixed_old_per_token_logps
     Eq. 1 DAPO objective           -> dapo_token_loss (reference implementation used by tests and docs)
+    Eq. 5, sequence level          -> sequence_log_importance_weights (reference implementation used by tests)
     Fig. 5 / Sec. 4 statistics     -> clipped_token_mask, segment_sums, segment_means
     Sec. 3.3 entropy from a server -> entropy_from_top_logprobs (top-k estimate with a bound)
     Fig. 5 per-position statistics -> position_bin_sums
@@ -132,6 +133,30 @@ def mixed_old_per_token_logps(
     """
     # log d_t = 1[t in s_b] log pi_behavior(o_t) + 1[t in s_c] log pi_old(o_t)
     return torch.where(prefix_mask.bool(), behavior_per_token_logps, old_per_token_logps)
+
+
+def sequence_log_importance_weights(
+    per_token_logps: torch.Tensor, denominator: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """Sequence-level importance weight with the mixed denominator of Eq. 5 (TRL's ``importance_sampling_level=
+    "sequence"``, also behind ``luspo``; ``vespo`` reads the same token log-ratios).
+
+    log s_i = 1/|o_i| sum_t (log pi_theta(o_t) - log d_t), with d_t = pi_behavior on prefix tokens and pi_old on
+    continuation tokens: the geometric mean of the Eq. 5 token ratios, i.e. the length-normalised likelihood ratio of
+    the trajectory under pi_theta against the two policies that actually wrote it
+    (pi_behavior(s_b | q) * pi_old(s_c | q, s_b)).
+
+    Args:
+        per_token_logps: ``(B, C)`` log pi_theta.
+        denominator: ``(B, C)`` output of :func:`mixed_old_per_token_logps`.
+        mask: ``(B, C)`` 1 on tokens of the loss.
+
+    Returns:
+        ``(B, 1)`` log s_i (0 for a sequence without tokens).
+    """
+    mask = mask.float()
+    # log s_i = sum_t m_t (log pi_theta - log d_t) / max(1, sum_t m_t)
+    return ((per_token_logps - denominator) * mask).sum(-1, keepdim=True) / mask.sum(-1, keepdim=True).clamp(min=1.0)
 
 
 def clipped_token_mask(

@@ -95,11 +95,13 @@ class SOUPTrainer(GRPOTrainer):
         if not isinstance(args, SOUPConfig):
             raise TypeError(f"SOUPTrainer needs a SOUPConfig, got {type(args).__name__}.")
         bound = inspect.signature(GRPOTrainer.__init__).bind_partial(None, model, reward_funcs, args, *pargs, **kwargs)
+        relay = args.behavior_refresh_interval > 1  # T = 1 is plain DAPO: every GRPOTrainer option applies
         for option in ("rollout_func", "tools", "environment_factory"):
-            if bound.arguments.get(option):  # None and an empty tool list both mean "not used"
+            if relay and bound.arguments.get(option):  # None and an empty tool list both mean "not used"
                 raise ValueError(
                     f"{option} cannot be used with SOUPTrainer: relay sampling writes each completion with the "
-                    f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None."
+                    f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None (or "
+                    "behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)."
                 )
         plugin = args.deepspeed_plugin
         if (bound.arguments.get("peft_config") is not None and args.behavior_backend == "local"
@@ -108,20 +110,23 @@ class SOUPTrainer(GRPOTrainer):
                 "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
                 "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
             )
-        if args.cast_lm_head_to_fp32:
+        if (args.cast_lm_head_to_fp32 and args.behavior_backend == "local" and args.behavior_refresh_interval > 1
+                and plugin is not None and plugin.zero_stage == 3):
             raise ValueError(
-                "cast_lm_head_to_fp32=True is not supported by SOUPTrainer in this release (the behavior copy would "
-                "not share the cast LM head). Allowed value: False."
+                "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "
+                "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
+                "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
             )
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
-        if self.is_fsdp_enabled:
+        if relay and self.is_fsdp_enabled:
             raise ValueError(
                 "SOUPTrainer does not support FSDP in this release (the accelerate config asks for it): the behavior "
                 "copy and its refresh are written for unsharded or DeepSpeed ZeRO-3 parameters. Use DDP or DeepSpeed "
                 "ZeRO-1/2/3."
             )
-        if self._is_vlm:
-            raise ValueError("SOUPTrainer supports text-only models in this release; got a vision-language processor.")
+        if relay and self._is_vlm:
+            raise ValueError("SOUPTrainer's relay batches support text-only models in this release; got a "
+                             "vision-language processor. Allowed: a text model, or behavior_refresh_interval=1.")
 
         every = args.steps_per_generation * self.num_iterations
         if args.old_logps_from_loss_forward and (args.gradient_accumulation_steps % every != 0 or (

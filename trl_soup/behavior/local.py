@@ -240,6 +240,25 @@ def eval_mode(module: torch.nn.Module):
             m.training = training
 
 
+def cast_output_head_to_fp32(model) -> None:
+    """Give a fresh copy of the learner TRL's ``cast_lm_head_to_fp32``: a float32 output head fed float32 hidden states.
+
+    TRL casts the learner's head when the trainer is built and patches its forward on the instance, so a model rebuilt
+    from the learner's config and weights does not inherit it (its head would get float32 weights and bf16 inputs). A
+    head tied to the input embedding is the same tensor: the embedding's output is cast back to the dtype of the rest
+    of the model, read at each call so it follows a later cast of the body.
+    """
+    head = model.get_output_embeddings()
+    head.float()
+    head.register_forward_pre_hook(lambda module, args: tuple(
+        a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    embedding = model.get_input_embeddings()
+    if embedding.weight is head.weight or getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        embedding.float()
+        body = next(p for p in model.parameters() if p is not head.weight and p is not embedding.weight)
+        embedding.register_forward_hook(lambda module, args, output: output.to(body.dtype))
+
+
 class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter)."""
 
@@ -303,9 +322,13 @@ class LocalBehaviorBackend(BehaviorBackend):
         snapshot.requires_grad_(False)
         snapshot.eval()
         snapshot.generation_config = copy.deepcopy(self.trainer.generation_config)
+        cast = self.trainer.args.cast_lm_head_to_fp32
+        if cast:
+            cast_output_head_to_fp32(snapshot)
         # The same scoring head TRL adds to the learner (temperature-scaled log-probs and entropies), added to the
         # fresh copy rather than inherited from it.
-        add_fused_lm_head(snapshot, temperature=self.trainer.temperature, outputs=("log_probs", "entropy"))
+        add_fused_lm_head(snapshot, temperature=self.trainer.temperature, cast_lm_head_to_fp32=cast,
+                          outputs=("log_probs", "entropy"))
 
     # ------------------------------------------------------------------------------------------------ weights
     def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
@@ -320,17 +343,19 @@ class LocalBehaviorBackend(BehaviorBackend):
             copy_tensors(self._pairs, self.zero3)
             return
         learner = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        dtype = next(learner.parameters()).dtype
-        if not self.zero3 and next(self.snapshot.parameters()).dtype != dtype:
-            # DeepSpeed (bf16 / fp16) casts the learner only when training starts, after this copy was built: follow
-            # it, so the copy samples in the learner's precision and does not hold float32 weights next to bf16 ones.
-            self.snapshot.to(dtype)
         source = learner.state_dict(keep_vars=True)
         target = self._snapshot_tensors()
         if source.keys() != target.keys():
             raise RuntimeError(
                 f"The learner and the behavior copy have different weights: {sorted(source.keys() ^ target.keys())}."
             )
+        if not self.zero3:
+            # DeepSpeed (bf16 / fp16) casts the learner only when training starts, after this copy was built: each
+            # tensor follows its learner twin's dtype, so the copy samples in the learner's precision (a float32 LM
+            # head next to a bf16 body included, cast_lm_head_to_fp32) and holds no float32 weights next to bf16 ones.
+            for name, tensor in target.items():
+                if tensor.dtype != source[name].dtype:
+                    tensor.data = tensor.data.to(source[name].dtype)
         copy_tensors(((source[name], target[name]) for name in target), self.zero3)
         self._follow_buffers(learner)
 
