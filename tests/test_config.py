@@ -293,6 +293,19 @@ def test_trainer_refuses_before_loading_the_model(tmp_path, option, value):
     assert not missing.exists()
 
 
+def test_trainer_accepts_rollout_func_at_t1(tmp_path, make_model, tokenizer):
+    """T = 1 is plain DAPO: SOUPTrainer takes what GRPOTrainer takes, and builds no behavior copy."""
+    def rollout(prompts, trainer):
+        return {}
+
+    from datasets import Dataset
+
+    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=_reward, processing_class=tokenizer,
+                          args=make_config(tmp_path, behavior_refresh_interval=1), rollout_func=rollout,
+                          train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 8}))
+    assert trainer.behavior is None and trainer.rollout_func is rollout
+
+
 def test_trainer_model_path_would_fail_without_the_option(tmp_path):
     # Control for the test above: the same call without the refused option does try to load the path and fails
     # with an OSError (not a repository or folder), not SOUP's ValueError.

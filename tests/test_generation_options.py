@@ -88,3 +88,13 @@ def test_beam_search_refused_on_relay_batches_only(name, tmp_path):
     # T = 1 is plain DAPO: whatever GRPOTrainer accepts.
     SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=1, generation_kwargs={"num_beams": 2})
     SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=4, generation_kwargs={name: 1})
+
+
+def test_local_backend_prefix_ratio_with_sampling_filters(tmp_path, tokenizer, make_model, prompt_dataset):
+    """top_p / top_k shape what is sampled, not the denominator: the behavior log-probs are the temperature-scaled
+    softmax pi_theta is evaluated on (docs/deviations.md), so at identical weights the prefix ratio is 1."""
+    trainer, relay = _train(tmp_path, tokenizer, make_model(seed=0), prompt_dataset, top_p=0.9, top_k=20)
+    assert trainer.generation_config.top_k == 20 and trainer.generation_config.top_p == 0.9
+    for h in relay:
+        assert h["soup/prefix_fraction"] > 0
+        assert h["soup/log_ratio/prefix_abs_mean"] < 1e-5, h
