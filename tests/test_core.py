@@ -14,6 +14,7 @@ import torch
 from trl_soup.core import (
     build_prefix_mask,
     clipped_token_mask,
+    continuation_budgets,
     dapo_token_loss,
     mixed_old_per_token_logps,
     segment_means,
@@ -491,3 +492,20 @@ def test_position_bin_sums_hand_case():
     for length in (6, 9, 10, 37):
         counts = position_bin_sums(torch.ones(1, length), torch.ones(1, length), num_bins=10)[:, 1]
         assert counts[0] >= 1 and counts[9] >= 1 and counts.sum() == length
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Sec. 3.2 relay rule: final prefixes and continuation budgets
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_continuation_budgets_hand_example():
+    prefix = torch.tensor([3, 5, 5, 0, 8, 2])
+    response = torch.tensor([6, 5, 5, 0, 9, 4])
+    eos = torch.tensor([True, True, False, False, False, True])
+    budgets, finished = continuation_budgets(prefix, response, eos, max_completion_length=8)
+    # row 0: cut inside the response -> continues with 8 - 3; row 1: the whole response, ended with EOS -> final;
+    # row 2: the whole response but truncated (no EOS) -> continues; row 3: empty prefix -> the whole budget;
+    # row 4: prefix uses the whole budget -> final; row 5: cut before the EOS -> continues
+    assert finished.tolist() == [False, True, False, False, True, False]
+    assert budgets.tolist() == [5, 0, 3, 8, 0, 6]

@@ -11,6 +11,7 @@ Equation map (see docs/equations.md):
     Eq. 5 mixed token ratio        -> mixed_old_per_token_logps
     Eq. 1 DAPO objective           -> dapo_token_loss (reference implementation used by tests and docs)
     Eq. 5, sequence level          -> sequence_log_importance_weights (reference implementation used by tests)
+    Sec. 3.2 relay rule            -> continuation_budgets (training and relay inference)
     Fig. 5 / Sec. 4 statistics     -> clipped_token_mask, segment_sums, segment_means
     Sec. 3.3 entropy from a server -> entropy_from_top_logprobs (top-k estimate with a bound)
     Fig. 5 per-position statistics -> position_bin_sums
@@ -97,6 +98,31 @@ def truncate_by_entropy(
     cut = order.gather(1, pick.unsqueeze(1)).squeeze(1)
     cut = torch.where(n_valid.cpu() > 0, cut, torch.zeros_like(cut))
     return cut.to(entropies.device)
+
+
+def continuation_budgets(
+    prefix_lengths: torch.Tensor,
+    response_lengths: torch.Tensor,
+    ended_with_eos: torch.Tensor,
+    max_completion_length: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The relay rule (paper Sec. 3.2): what the current policy is asked to write after each behavior prefix.
+
+    A prefix that is the whole behavior response and that response ended with EOS, or a prefix that leaves no budget,
+    is final (no continuation); every other row continues with ``max_completion_length - len(prefix)`` tokens.
+
+    Args:
+        prefix_lengths: ``(B,)`` tokens kept from each behavior response.
+        response_lengths: ``(B,)`` tokens of each full behavior response.
+        ended_with_eos: ``(B,)`` whether the response ended with an EOS token.
+        max_completion_length: the completion budget of the whole trajectory ``[s_b, s_c]``.
+
+    Returns:
+        ``(budgets, finished)``, both ``(B,)``: the continuation budget (0 where final) and the final-prefix mask.
+    """
+    remaining = max_completion_length - prefix_lengths  # |s_c| <= L - |s_b|
+    finished = ((prefix_lengths == response_lengths) & ended_with_eos.bool()) | (remaining <= 0)
+    return torch.where(finished, torch.zeros_like(remaining), remaining), finished
 
 
 def build_prefix_mask(prefix_lengths: torch.Tensor, completion_length: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from .core import truncate_by_ratio
+from .core import continuation_budgets, truncate_by_ratio
 
 __all__ = [
     "BACKENDS",
@@ -360,15 +360,13 @@ def plan_relay(prompt_ids: list[list[int]], responses: list[list[int]], n: int, 
     if not 0.0 <= prefix_ratio <= 1.0:
         raise ValueError(f"prefix_ratio must be in [0, 1], got {prefix_ratio}")
     eos = set(eos_token_ids)
-    lengths = truncate_by_ratio(torch.tensor([len(r) for r in responses], dtype=torch.long), prefix_ratio).tolist()
-    prefixes, continuation_prompts, budgets = [], [], []
-    for row, (response, length) in enumerate(zip(responses, lengths, strict=True)):
-        prefix = response[:length]
-        finished = bool(prefix) and prefix[-1] in eos
-        prefixes.append(prefix)
-        continuation_prompts.append(list(prompt_ids[row // n]) + prefix)
-        budgets.append(0 if finished else max(0, max_new_tokens - len(prefix)))
-    return RelayPlan(prefixes, continuation_prompts, budgets)
+    response_lengths = torch.tensor([len(r) for r in responses], dtype=torch.long)
+    lengths = truncate_by_ratio(response_lengths, prefix_ratio)
+    ended_with_eos = torch.tensor([bool(r) and r[-1] in eos for r in responses])
+    budgets, _ = continuation_budgets(lengths, response_lengths, ended_with_eos, max_new_tokens)  # as in training
+    prefixes = [response[:length] for response, length in zip(responses, lengths.tolist(), strict=True)]
+    continuation_prompts = [list(prompt_ids[row // n]) + prefix for row, prefix in enumerate(prefixes)]
+    return RelayPlan(prefixes, continuation_prompts, budgets.tolist())
 
 
 def relay_generate(prefix_generator: Generator, continuation_generator: Generator, prompt_ids: list[list[int]],

@@ -25,6 +25,7 @@ from .config import SOUPConfig
 from .core import (
     build_prefix_mask,
     clipped_token_mask,
+    continuation_budgets,
     mixed_old_per_token_logps,
     position_bin_sums,
     segment_means,
@@ -346,9 +347,8 @@ class SOUPTrainer(GRPOTrainer):
             self.args,
         ).cpu()
         lengths = samples.lengths.cpu()
-        budgets = self.max_completion_length - prefix_lengths
-        # A prefix that is the whole behavior response (it ended with EOS), or that leaves no budget, is final.
-        finished = ((prefix_lengths == lengths) & samples.ended_with_eos.cpu()) | (budgets <= 0)
+        budgets, finished = continuation_budgets(prefix_lengths, lengths, samples.ended_with_eos.cpu(),
+                                                 self.max_completion_length)
         behavior_ids = samples.completion_ids.cpu()
         prefixes = [behavior_ids[i, : prefix_lengths[i]].tolist() for i in range(len(prompt_ids))]
         rows = [i for i in range(len(prompt_ids)) if not finished[i]]
