@@ -373,3 +373,25 @@ def test_vllm_server_filters_refused_at_temperature_not_one(tmp_path, filters):
     SOUPConfig(**base, temperature=1.0, **filters)  # re-scored exactly
     SOUPConfig(**base, temperature=0.7)  # no filter: the sampling log-probs are exact
     SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, temperature=0.7, **filters)  # local backend
+
+
+def test_help_of_every_field_renders():
+    """`--help` formats every help text with %-formatting (argparse): a bare '%' crashed `recipes/soup_toy.py --help`."""
+    from trl import TrlParser
+
+    text = TrlParser((SOUPConfig,)).format_help()
+    for name in SOUP_FIELDS:
+        assert f"--{name}" in text, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["soup_toy.py", "soup_math.py"])
+def test_recipe_help_exits_0(recipe):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "recipes" / recipe
+    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--behavior_refresh_interval" in done.stdout

@@ -158,7 +158,7 @@ class SOUPConfig(GRPOConfig):
     log_position_statistics: bool = field(
         default=False,
         metadata={
-            "help": "Log entropy and clip ratio per 10% bin of relative token position (soup/position/...), the "
+            "help": "Log entropy and clip ratio per tenth of relative token position (10 bins) (soup/position/...), the "
             "training analysis of paper Fig. 5; plot with recipes/plot_position_statistics.py. Costs one small "
             "all-reduce per step. Default False."
         },
