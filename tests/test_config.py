@@ -395,3 +395,42 @@ def test_recipe_help_exits_0(recipe):
     done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--behavior_refresh_interval" in done.stdout
+
+
+# ------------------------------------------------------------------------------------------------ errors that come early
+
+
+@pytest.mark.parametrize("strategy", ["ratio", "entropy"])
+def test_prefix_budget_ignored_by_the_strategy_is_refused(tmp_path, strategy):
+    message = refused(tmp_path, prefix_strategy=strategy, prefix_budget=5)
+    assert "prefix_budget=5" in message and f"prefix_strategy={strategy!r} ignores it" in message
+    assert "'fixed_budget'" in message
+
+
+def test_nccl_refresh_refused_on_cpu(tmp_path):
+    message = refused(tmp_path, behavior_backend="vllm_server", behavior_refresh_method="nccl")
+    assert "behavior_refresh_method='nccl'" in message and "'disk'" in message
+    make_config(tmp_path, behavior_backend="vllm_server", behavior_refresh_method="disk")
+
+
+@pytest.mark.parametrize("where", [dict(behavior_server_base_url="http://10.1.2.3:8001"),
+                                   dict(behavior_server_host="gpu-node-7")])
+def test_non_loopback_behavior_server_warns(tmp_path, where):
+    with pytest.warns(UserWarning, match="dev-mode endpoints.*reload weights"):
+        make_config(tmp_path, behavior_backend="vllm_server", **where)
+
+
+def test_loopback_behavior_server_does_not_warn(tmp_path):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        for url in ("http://127.0.0.1:8001", "http://localhost:9000", "http://[::1]:8001"):
+            make_config(tmp_path, behavior_backend="vllm_server", behavior_server_base_url=url)
+
+
+def test_lora_refresh_without_peft_refused_before_loading(tmp_path):
+    missing = tmp_path / "no-such-model"
+    args = make_config(tmp_path, behavior_backend="vllm_server", behavior_refresh_method="lora")
+    with pytest.raises(ValueError, match="behavior_refresh_method='lora' needs a PEFT model"):
+        SOUPTrainer(model=str(missing), reward_funcs=_reward, args=args)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import torch
 
 from trl import GRPOConfig
 
@@ -11,6 +15,7 @@ from .truncation import available_prefix_strategies
 # Backends for the behavior policy (trl_soup.behavior).
 BEHAVIOR_BACKENDS = ("local", "vllm_server")
 BEHAVIOR_REFRESH_METHODS = ("disk", "lora", "nccl")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
 # denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
@@ -251,6 +256,26 @@ class SOUPConfig(GRPOConfig):
         if url is not None and not str(url).startswith(("http://", "https://")):
             raise ValueError(
                 f"behavior_server_base_url={url!r} is invalid: it must start with http:// or https://."
+            )
+        if self.behavior_backend == "vllm_server":
+            host = urlparse(url).hostname if url is not None else self.behavior_server_host
+            if host not in LOOPBACK_HOSTS:
+                warnings.warn(
+                    f"The behavior server is at {host!r}, not on this machine's loopback: it runs vLLM's dev-mode "
+                    "endpoints (VLLM_SERVER_DEV_MODE=1), which reload weights for anyone who can reach them. Keep it on "
+                    "a private network, or use 127.0.0.1.", UserWarning, stacklevel=3,
+                )
+            if self.behavior_refresh_method == "nccl" and (self.use_cpu or not torch.cuda.is_available()):
+                raise ValueError(
+                    "behavior_refresh_method='nccl' needs CUDA GPUs (TRL's NCCL weight transfer), and this run has "
+                    f"none (use_cpu={self.use_cpu}, CUDA available: {torch.cuda.is_available()}). Allowed values on CPU: "
+                    "'disk', or 'lora' with a PEFT model."
+                )
+        if self.prefix_budget is not None and self.prefix_strategy in ("ratio", "entropy"):
+            raise ValueError(
+                f"prefix_budget={self.prefix_budget!r} is used only by prefix_strategy='fixed_budget'; "
+                f"prefix_strategy={self.prefix_strategy!r} ignores it. Allowed: prefix_budget=None with "
+                f"{self.prefix_strategy!r}, or prefix_strategy='fixed_budget'."
             )
 
     def _validate_grpo_compatibility(self):

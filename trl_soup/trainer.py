@@ -14,6 +14,7 @@ import warnings
 
 import torch
 
+from accelerate.utils import is_peft_model
 from transformers import GenerationConfig
 from trl import GRPOTrainer
 
@@ -104,6 +105,12 @@ class SOUPTrainer(GRPOTrainer):
                     f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None (or "
                     "behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)."
                 )
+        peft = bound.arguments.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+        if relay and args.behavior_backend == "vllm_server" and args.behavior_refresh_method == "lora" and not peft:
+            raise ValueError(  # before the model is loaded
+                "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
+                "for a fully fine-tuned model: 'disk', 'nccl'."
+            )
         plugin = args.deepspeed_plugin
         if (bound.arguments.get("peft_config") is not None and args.behavior_backend == "local"
                 and args.behavior_refresh_interval > 1 and plugin is not None and plugin.zero_stage == 3):
