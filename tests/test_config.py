@@ -434,3 +434,12 @@ def test_lora_refresh_without_peft_refused_before_loading(tmp_path):
     args = make_config(tmp_path, behavior_backend="vllm_server", behavior_refresh_method="lora")
     with pytest.raises(ValueError, match="behavior_refresh_method='lora' needs a PEFT model"):
         SOUPTrainer(model=str(missing), reward_funcs=_reward, args=args)
+
+
+def test_dataset_without_prompt_column_refused_with_the_columns_found(tmp_path):
+    from datasets import Dataset
+
+    missing = tmp_path / "no-such-model"
+    data = Dataset.from_dict({"question": ["1+1="], "answer": ["2"]})
+    with pytest.raises(ValueError, match=r"train_dataset has no 'prompt' column \(found: \['question', 'answer'\]\)"):
+        SOUPTrainer(model=str(missing), reward_funcs=_reward, args=make_config(tmp_path), train_dataset=data)

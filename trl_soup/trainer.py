@@ -14,7 +14,6 @@ import warnings
 
 import torch
 
-from accelerate.utils import is_peft_model
 from transformers import GenerationConfig
 from trl import GRPOTrainer
 
@@ -22,6 +21,7 @@ from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing
 from .behavior import build_behavior_backend
 from .behavior.local import BEHAVIOR_ADAPTER
 from .behavior.prefetch import BehaviorPrefetcher
+from .checks import check_trainer_arguments
 from .config import SOUPConfig
 from .core import (
     build_prefix_mask,
@@ -97,34 +97,8 @@ class SOUPTrainer(GRPOTrainer):
         if not isinstance(args, SOUPConfig):
             raise TypeError(f"SOUPTrainer needs a SOUPConfig, got {type(args).__name__}.")
         bound = inspect.signature(GRPOTrainer.__init__).bind_partial(None, model, reward_funcs, args, *pargs, **kwargs)
+        check_trainer_arguments(args, bound.arguments)  # before the model is loaded
         relay = args.behavior_refresh_interval > 1  # T = 1 is plain DAPO: every GRPOTrainer option applies
-        for option in ("rollout_func", "tools", "environment_factory"):
-            if relay and bound.arguments.get(option):  # None and an empty tool list both mean "not used"
-                raise ValueError(
-                    f"{option} cannot be used with SOUPTrainer: relay sampling writes each completion with the "
-                    f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None (or "
-                    "behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)."
-                )
-        peft = bound.arguments.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
-        if relay and args.behavior_backend == "vllm_server" and args.behavior_refresh_method == "lora" and not peft:
-            raise ValueError(  # before the model is loaded
-                "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
-                "for a fully fine-tuned model: 'disk', 'nccl'."
-            )
-        plugin = args.deepspeed_plugin
-        if (bound.arguments.get("peft_config") is not None and args.behavior_backend == "local"
-                and args.behavior_refresh_interval > 1 and plugin is not None and plugin.zero_stage == 3):
-            raise ValueError(  # raised here, before the model is loaded; behavior/local.py checks a PeftModel too
-                "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
-                "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
-            )
-        if (args.cast_lm_head_to_fp32 and args.behavior_backend == "local" and args.behavior_refresh_interval > 1
-                and plugin is not None and plugin.zero_stage == 3):
-            raise ValueError(
-                "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "
-                "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
-                "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
-            )
         super().__init__(model, reward_funcs, args, *pargs, **kwargs)
         if relay and self.is_fsdp_enabled:
             raise ValueError(

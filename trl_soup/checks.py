@@ -1,0 +1,51 @@
+"""Refusals SOUPTrainer raises from its arguments alone, before GRPOTrainer loads the model."""
+
+from __future__ import annotations
+
+from accelerate.utils import is_peft_model
+
+
+def check_trainer_arguments(args, arguments: dict) -> None:
+    """Raise ValueError, naming the option and what is allowed, for combinations SOUPTrainer cannot run.
+
+    Args:
+        args: the SOUPConfig.
+        arguments: GRPOTrainer.__init__'s arguments by name (``inspect.signature(...).bind_partial(...).arguments``).
+    """
+    model = arguments.get("model")
+    relay = args.behavior_refresh_interval > 1  # T = 1 is plain DAPO: every GRPOTrainer option applies
+    for option in ("rollout_func", "tools", "environment_factory"):
+        if relay and arguments.get(option):  # None and an empty tool list both mean "not used"
+            raise ValueError(
+                f"{option} cannot be used with SOUPTrainer: relay sampling writes each completion with the "
+                f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None (or "
+                "behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)."
+            )
+    peft = arguments.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+    if relay and args.behavior_backend == "vllm_server" and args.behavior_refresh_method == "lora" and not peft:
+        raise ValueError(
+            "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
+            "for a fully fine-tuned model: 'disk', 'nccl'."
+        )
+    for split, dataset in (("train_dataset", arguments.get("train_dataset")),
+                           ("eval_dataset", arguments.get("eval_dataset"))):
+        columns = getattr(dataset, "column_names", None)  # a Dataset (an IterableDataset may not know them)
+        if isinstance(columns, list) and "prompt" not in columns:
+            raise ValueError(
+                f"{split} has no 'prompt' column (found: {columns}). SOUPTrainer, like GRPOTrainer, samples a "
+                "completion for each row's 'prompt': rename the column holding the prompts, e.g. "
+                "dataset.rename_column('question', 'prompt')."
+            )
+    plugin = args.deepspeed_plugin
+    zero3 = plugin is not None and plugin.zero_stage == 3
+    if relay and zero3 and args.behavior_backend == "local" and arguments.get("peft_config") is not None:
+        raise ValueError(  # raised here, before the model is loaded; behavior/local.py checks a PeftModel too
+            "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
+            "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
+        )
+    if relay and zero3 and args.behavior_backend == "local" and args.cast_lm_head_to_fp32:
+        raise ValueError(
+            "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "
+            "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
+            "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
+        )
