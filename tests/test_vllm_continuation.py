@@ -16,7 +16,7 @@ import torch
 
 from launch import accelerate_launch
 from trl_soup.trainer import continuation_importance_sampling_ratio
-from vllm_server import vllm_available
+from vllm_server import GiB, kv_cache_bytes, vllm_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "vllm_colocate_train.py"
@@ -36,9 +36,12 @@ def test_continuation_ratio_is_one_on_prefix():
 def ranks(tmp_path_factory):
     if not vllm_available():
         pytest.skip("vLLM is not installed")
+    # One engine per rank; VLLM_CPU_KVCACHE_SPACE takes whole GiB, so 1 GiB each if that is free, else a skip.
+    kv_gib = kv_cache_bytes(WORLD_SIZE, preferred=GiB, minimum=GiB, step=GiB) // GiB
     out = tmp_path_factory.mktemp("vllm_colocate")
     process = accelerate_launch("cpu_ddp.yaml", SCRIPT, [str(out)], out, timeout=600, what="vLLM colocate run",
-                                env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"})
+                                env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
+                                     "VLLM_CPU_KVCACHE_SPACE": str(kv_gib)})
     results = [out / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
     if not all(path.exists() for path in results):
         pytest.fail(f"vLLM colocate run wrote no result for some rank.\nstderr (tail):\n{process.stderr[-8000:]}")

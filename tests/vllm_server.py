@@ -21,6 +21,14 @@ The server is `python -m vllm.entrypoints.openai.api_server` (the `vllm` console
 /v1/load_lora_adapter answers 404). See docs/vllm_cpu_notes.md for the measured behaviour (start-up about
 35-55 s with `--enforce-eager` on 2 cores; the model needs a head dimension such as 64).
 
+On CPU (vllm-cpu) the KV cache is sized here, from the memory free right now, not left to vLLM's default: vllm-cpu
+refuses to start when the memory it measures as available is below the cache it is asked for (`--gpu-memory-utilization`
+as a fraction of RAM minus the process's own size, or `VLLM_CPU_KVCACHE_SPACE` GiB), which on a shared machine fails
+tests at random. `kv_cache_bytes` is the one place that sizes it (256 MiB-512 MiB per engine is plenty for the toy
+models) and skips the test when too little memory is free; `skip_if_kv_cache_refused` skips, instead of failing, when
+vLLM refuses anyway because memory went down in between. The in-process engine of tests/test_evaluation.py and the
+colocate run of tests/test_vllm_continuation.py use the same helpers.
+
 The server runs in its own process group (API server, EngineCore and worker processes); on exit the whole
 group gets SIGTERM, then SIGKILL after a grace period, so no stray processes keep a core busy.
 """
@@ -41,14 +49,35 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 
-__all__ = ["ServerURL", "free_port", "start_vllm_server", "vllm_available", "wait_for_health"]
+__all__ = [
+    "ServerURL",
+    "available_memory_bytes",
+    "free_port",
+    "kv_cache_bytes",
+    "kv_cache_refused",
+    "skip_if_kv_cache_refused",
+    "start_vllm_server",
+    "vllm_available",
+    "wait_for_health",
+]
+
+MiB, GiB = 1 << 20, 1 << 30
+KV_CACHE_BYTES = 512 * MiB
+"""The KV cache a test engine asks for when that much is free (a toy model at max_model_len 512 needs a few MiB)."""
+MIN_KV_CACHE_BYTES = 256 * MiB
+"""Below this per engine the test is skipped."""
+SERVER_HEADROOM_BYTES = 2 * GiB
+"""Free memory kept aside for what a vLLM server's own processes (API server, engine core) take before vLLM measures the
+memory available for the cache, plus a margin for the other users of the machine."""
+KV_CACHE_REFUSED = ("less than requested memory for kv", "less than desired CPU memory utilization")
+"""vllm-cpu's start-up errors when the memory available is below what it was asked for (v1/worker/cpu_worker.py)."""
 
 DEFAULT_ARGS: tuple[str, ...] = (
     "--dtype",
     "float32",
     "--max-model-len",
     "512",
-    "--gpu-memory-utilization",  # a fraction of RAM on CPU (0.1 of 24 GiB is plenty for toy models)
+    "--gpu-memory-utilization",  # GPU only: on CPU `start_vllm_server` passes --kv-cache-memory-bytes, which wins
     "0.1",
     "--enforce-eager",  # skips torch.compile: about 30 s faster start-up on 2 cores, same numbers
     "--logprobs-mode",  # sampled log-probs after temperature / top-k / top-p, as TRL's are
@@ -84,6 +113,96 @@ def vllm_available() -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return result.returncode == 0
+
+
+def _meminfo_bytes(path: str, prefix: str = "") -> dict[str, int]:
+    """`key -> bytes` from /proc/meminfo ("MemAvailable: 123 kB") or a NUMA node's meminfo ("Node 0 MemFree: 123 kB")."""
+    values = {}
+    with open(path) as f:
+        for line in f:
+            parts = line[len(prefix):].split() if line.startswith(prefix) else line.split()
+            if len(parts) >= 2 and parts[1].isdigit():
+                values[parts[0].rstrip(":")] = int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
+    return values
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory_bytes() -> int:
+    """Memory free for a new vLLM engine right now, counted as vllm-cpu counts it, and no more than the system says.
+
+    The smallest of: /proc/meminfo MemAvailable; for each NUMA node holding a CPU this process may run on, MemFree +
+    Active(file) + Inactive(file) + SReclaimable of that node (vLLM checks the node of its first CPU; on these machines
+    node 0 holds less than half of the RAM); the cgroup v2 limit minus its usage, where there is a limit.
+    """
+    candidates = [_meminfo_bytes("/proc/meminfo").get("MemAvailable", 0)]
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+    node_root = "/sys/devices/system/node"
+    for node in sorted(os.listdir(node_root)) if os.path.isdir(node_root) else []:
+        if not (node.startswith("node") and node[4:].isdigit()):
+            continue
+        try:
+            with open(os.path.join(node_root, node, "cpulist")) as f:
+                node_cpus = _parse_cpulist(f.read())
+            info = _meminfo_bytes(os.path.join(node_root, node, "meminfo"), prefix=f"Node {node[4:]} ")
+        except OSError:
+            continue
+        if node_cpus & cpus and "MemFree" in info:
+            candidates.append(sum(info.get(key, 0) for key in ("MemFree", "Active(file)", "Inactive(file)",
+                                                                "SReclaimable")))
+    limit, usage = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
+    if limit is not None and usage is not None:
+        candidates.append(max(0, limit - usage))
+    return min(candidates)
+
+
+def _parse_cpulist(text: str) -> set[int]:
+    cpus = set()
+    for part in text.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def kv_cache_bytes(engines: int = 1, *, preferred: int = KV_CACHE_BYTES, minimum: int = MIN_KV_CACHE_BYTES,
+                   headroom: int = SERVER_HEADROOM_BYTES, step: int = MiB) -> int:
+    """The KV cache (bytes, per engine) to ask each of `engines` vLLM engines on CPU for, from the memory free now.
+
+    `min(preferred, (available - headroom) / engines)`, rounded down to a multiple of `step` (`GiB` for
+    `VLLM_CPU_KVCACHE_SPACE`, which takes whole GiB). Skips the calling test (`pytest.skip`) when that is below
+    `minimum`: too little free memory is the machine's state, not a failure of the code under test.
+    """
+    import pytest
+
+    available = available_memory_bytes()
+    size = min(preferred, (available - headroom) // engines) // step * step
+    if size < minimum:
+        pytest.skip(f"too little free memory for vLLM: {available / GiB:.2f} GiB available, {engines} engine(s) need "
+                    f"{minimum / GiB:.2f} GiB of KV cache each plus {headroom / GiB:.2f} GiB for their processes")
+    return size
+
+
+def kv_cache_refused(text: str) -> bool:
+    """Whether `text` (a log or an error message) holds vllm-cpu's refusal to start for lack of free memory."""
+    return any(marker in text for marker in KV_CACHE_REFUSED)
+
+
+def skip_if_kv_cache_refused(text: str) -> None:
+    """`pytest.skip` when `text` shows vLLM refused to start for lack of free memory (memory went down between
+    `kv_cache_bytes` and vLLM's own check)."""
+    if kv_cache_refused(text):
+        import pytest
+
+        line = next(line for line in text.splitlines() if kv_cache_refused(line))
+        pytest.skip(f"vLLM refused to start for lack of free memory: {line.strip()[-400:]}")
 
 
 def free_port() -> int:
@@ -178,7 +297,11 @@ def start_vllm_server(
     Raises:
         RuntimeError: the server exited or did not become healthy within `timeout`; the tail of its log is in
             the message and printed to stderr.
+        pytest.skip.Exception: on CPU, too little free memory for the KV cache (`kv_cache_bytes`), or vLLM refused
+            to start for that reason (`skip_if_kv_cache_refused`).
     """
+    # On CPU: a KV cache sized from the memory free now, or a skip (before anything is started or written).
+    kv_args = () if _cuda_available() else ("--kv-cache-memory-bytes", str(kv_cache_bytes()))
     port = port or free_port()
     own_log = log_path is None
     if own_log:
@@ -196,6 +319,10 @@ def start_vllm_server(
     )
     if enable_lora:
         server_env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    if kv_args:
+        # vllm-cpu applies VLLM_CPU_KVCACHE_SPACE over --kv-cache-memory-bytes: drop an inherited one (a caller's
+        # `env` may still set it).
+        server_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if env:
         server_env.update(env)
     command = [
@@ -209,6 +336,7 @@ def start_vllm_server(
         "--port",
         str(port),
         *DEFAULT_ARGS,
+        *kv_args,
         *(LORA_ARGS if enable_lora else ()),
         *extra_args,
     ]
@@ -228,6 +356,8 @@ def start_vllm_server(
             wait_for_health(url, timeout, process)
         except (RuntimeError, TimeoutError) as error:
             failed = True
+            _stop(process)
+            skip_if_kv_cache_refused(_tail(log_path, 400))  # the log stays on disk for a look
             tail = _tail(log_path, 60)
             print(f"--- vLLM server log tail ({log_path}) ---\n{tail}", file=sys.stderr)
             raise RuntimeError(
@@ -239,6 +369,12 @@ def start_vllm_server(
         if own_log and not failed:
             with contextlib.suppress(OSError):
                 os.remove(log_path)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:

@@ -9,13 +9,14 @@ generation batch per step: ages 0, 1, 2, 0, 1, 2), then checks on every rank tha
 - the behavior snapshot is bit-identical to rank 0's (every rank refreshed at the same batches from the same weights);
 - this rank's own relay batches had a non-empty prefix, and on-policy batches none.
 
-The main process writes RESULT.json with the log history and every rank's checks. The script exits non-zero if a check
-fails (after writing the file, so the test can show what went wrong).
+Every rank writes its checks to RESULT.rank<r>.json and the main process writes RESULT.json with the log history
+(tests/launch.py `launch_for_result` puts the ranks' reports under "ranks"). A rank exits non-zero if its checks fail
+(after writing its file, so the test can show what went wrong). The run ends with `common.end_run` (barrier, then
+`os._exit`), not with an object collective and `destroy_process_group`: see there why.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -25,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from common import script_args  # noqa: E402
+from common import end_run, rank_result_path, script_args, write_json  # noqa: E402
 from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
 
@@ -120,19 +121,14 @@ def main(result_path: str) -> int:
         and rank_report["prefix_tokens_on_policy_batches"] == 0
         and rank_report["relay_record_on_policy_batches"] == 0
     )
-    reports = [None] * accelerator.num_processes
-    dist.all_gather_object(reports, rank_report)
-
+    # Each rank writes its own report (the test collects them); the main process adds the log history.
+    write_json(rank_result_path(result_path, accelerator.process_index), rank_report)
     if accelerator.is_main_process:
-        with open(result_path, "w") as f:
-            json.dump({"log_history": trainer.state.log_history, "ranks": reports}, f, indent=1)
-    accelerator.wait_for_everyone()
-    ok = all(r["ok"] for r in reports)
-    if not ok:
+        write_json(result_path, {"log_history": trainer.state.log_history})
+    if not rank_report["ok"]:
         print(f"[rank {accelerator.process_index}] DDP checks failed: {rank_report}", file=sys.stderr, flush=True)
-    dist.destroy_process_group()
-    return 0 if ok else 1
+    return 0 if rank_report["ok"] else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    end_run(main(sys.argv[1]))

@@ -23,7 +23,9 @@ import sys
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; the default asks for a fraction of RAM minus the trainer's
+# GiB per rank (whole GiB only). tests/test_vllm_continuation.py sets it from the free memory (tests/vllm_server.py
+# `kv_cache_bytes`); vLLM's default asks for a fraction of RAM minus the trainer's size, which fails on a busy machine.
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402

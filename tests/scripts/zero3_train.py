@@ -16,12 +16,12 @@ generation batch per step: ages 0, 1, 2, 0, 1, 2; a checkpoint at step 5, mid-wi
 - after training: save_snapshot / refresh / load_snapshot restore the saved full weights, and the mid-window checkpoint
   holds the snapshot's full weights.
 
-Every gather is a collective, so every rank runs every check in the same order. The main process writes RESULT.json.
+Every gather is a collective, so every rank runs every check in the same order. Every rank writes RESULT.rank<r>.json,
+the main process RESULT.json (the log history); the run ends with `common.end_run` (barrier, then `os._exit`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -32,7 +32,7 @@ import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from common import script_args  # noqa: E402
+from common import end_run, rank_result_path, script_args, write_json  # noqa: E402
 from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.local import SNAPSHOT_FILE  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
@@ -185,15 +185,12 @@ def main(result_path: str) -> int:
     behavior.load_snapshot(directory)
     report["load_restores_snapshot"] = bool(torch.equal(flat(gathered_state(behavior.snapshot)), flat(final_snapshot)))
 
-    reports = [None] * accelerator.num_processes
-    dist.all_gather_object(reports, report)
+    # Each rank writes its own report (the test collects them); the main process adds the log history.
+    write_json(rank_result_path(result_path, accelerator.process_index), report)
     if accelerator.is_main_process:
-        with open(result_path, "w") as f:
-            json.dump({"log_history": trainer.state.log_history, "ranks": reports}, f, indent=1)
-    accelerator.wait_for_everyone()
-    dist.destroy_process_group()
+        write_json(result_path, {"log_history": trainer.state.log_history})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    end_run(main(sys.argv[1]))
