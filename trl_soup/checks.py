@@ -30,7 +30,8 @@ def check_trainer_arguments(args, arguments: dict) -> None:
     for split, dataset in (("train_dataset", arguments.get("train_dataset")),
                            ("eval_dataset", arguments.get("eval_dataset"))):
         columns = getattr(dataset, "column_names", None)  # a Dataset (an IterableDataset may not know them)
-        if isinstance(columns, list) and "prompt" not in columns:
+        # With an environment_factory (allowed at T = 1) the environment, not a column, may supply the prompts.
+        if isinstance(columns, list) and "prompt" not in columns and not arguments.get("environment_factory"):
             raise ValueError(
                 f"{split} has no 'prompt' column (found: {columns}). SOUPTrainer, like GRPOTrainer, samples a "
                 "completion for each row's 'prompt': rename the column holding the prompts, e.g. "
