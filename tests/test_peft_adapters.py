@@ -106,3 +106,28 @@ def test_lora_dropout_leaves_behavior_sampling_exact(tmp_path, tokenizer, make_m
     for h in relay:
         assert h["soup/log_ratio/prefix_abs_mean"] < 1e-5, h
         assert h["soup/clip_ratio/prefix"] == 0.0, h
+
+
+def test_full_model_behavior_copy_has_no_dropout(tmp_path, tokenizer, make_model, prompt_dataset):
+    """Full fine-tuning with attention dropout kept on in the learner (disable_dropout=False): behavior samples and
+    scores come from the snapshot without dropout, equal to an independent eval-mode forward of its weights."""
+    model = make_model(seed=0)
+    model.config.attention_dropout = 0.5
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=1, disable_dropout=False)
+    trainer = SOUPTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
+                          processing_class=tokenizer)
+    trainer.train()
+    trainer.model.train()
+    snapshot = trainer.behavior.snapshot
+    assert snapshot.config.attention_dropout == 0.5
+    prompt_ids, completion_ids = _probe(tokenizer)
+    first = _behavior_logps(trainer, prompt_ids, completion_ids)
+    torch.testing.assert_close(_behavior_logps(trainer, prompt_ids, completion_ids), first, atol=0, rtol=0)
+    expected, _ = reference_logps(snapshot, prompt_ids, torch.ones_like(prompt_ids), completion_ids,
+                                  torch.ones_like(completion_ids), args.temperature)
+    torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
+    samples = trainer.behavior.sample(prompt_ids.tolist(), 6)
+    rescored, _ = reference_logps(snapshot, prompt_ids, torch.ones_like(prompt_ids), samples.completion_ids,
+                                  samples.mask, args.temperature)
+    torch.testing.assert_close(samples.per_token_logps, rescored * samples.mask, atol=1e-5, rtol=0)
+    assert not snapshot.training

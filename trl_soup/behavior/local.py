@@ -422,10 +422,11 @@ class LocalBehaviorBackend(BehaviorBackend):
                     trainer.accelerator,
                     gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                     generation_kwargs=generation_kwargs,
-                ) as unwrapped:
+                ) as unwrapped, eval_mode(unwrapped):
                     yield unwrapped
             else:
-                yield self.snapshot  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer in the forward
+                with eval_mode(self.snapshot):  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer
+                    yield self.snapshot
             return
 
         if for_generation:
