@@ -71,7 +71,7 @@ def test_a_generate_that_runs_no_forward_falls_back_to_scoring(tmp_path, tokeniz
         assert h["soup/prefix_fraction"] > 0
         assert h["soup/log_ratio/prefix_abs_mean"] < 1e-5, h
     record = trainer.last_relay_record
-    assert all(ids == digits for ids in record["behavior_completion_ids"])
+    assert all(ids == digits for ids in record.behavior_completion_ids)
     # The fallback's log-probs equal an independent forward of the snapshot.
     prompt = torch.tensor([tokenizer("3+4=", add_special_tokens=False)["input_ids"]])
     samples = trainer.behavior.sample(prompt.tolist(), len(digits))

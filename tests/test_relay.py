@@ -90,11 +90,11 @@ def test_prefix_is_head_of_behavior_sample(relay_run, tokenizer):
         if r["relay"] is None:
             continue
         batch, relay = r["batch"], r["relay"]
-        behavior_lengths = torch.tensor([len(ids) for ids in relay["behavior_completion_ids"]])
+        behavior_lengths = torch.tensor([len(ids) for ids in relay.behavior_completion_ids])
         expected = truncate_by_ratio(behavior_lengths, 0.5)
-        assert torch.equal(relay["prefix_lengths"], expected)
+        assert torch.equal(relay.prefix_lengths, expected)
         assert torch.equal(batch["prefix_mask"].sum(1).cpu(), expected)
-        for i, behavior_ids in enumerate(relay["behavior_completion_ids"]):
+        for i, behavior_ids in enumerate(relay.behavior_completion_ids):
             k = int(expected[i])
             row = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
             assert row[:k] == behavior_ids[:k]
@@ -148,11 +148,11 @@ def test_ratio_limits(tmp_path, tokenizer, make_model, prompt_dataset, ratio):
     if ratio == 0.0:
         # Empty prefix: every sample is on-policy.
         assert int(batch["prefix_mask"].sum()) == 0
-        assert not relay_record["relay"]["no_continuation"].any()
+        assert not relay_record["relay"].no_continuation.any()
     else:
         # The whole behavior response is the trajectory: no continuation is generated.
-        assert relay_record["relay"]["no_continuation"].all()
-        for i, behavior_ids in enumerate(relay_record["relay"]["behavior_completion_ids"]):
+        assert relay_record["relay"].no_continuation.all()
+        for i, behavior_ids in enumerate(relay_record["relay"].behavior_completion_ids):
             row = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
             assert row == behavior_ids
         assert torch.equal(batch["prefix_mask"], batch["completion_mask"].long())
@@ -170,14 +170,14 @@ def test_entropy_truncation_cuts_before_a_top_k_behavior_token(tmp_path, tokeniz
     record = trainer.records[1]
     batch, relay = record["batch"], record["relay"]
     snapshot = _model_with(make_model, record["snapshot"])
-    ids = [torch.tensor(x) for x in relay["behavior_completion_ids"]]
+    ids = [torch.tensor(x) for x in relay.behavior_completion_ids]
     width = max(len(x) for x in ids)
     padded = torch.stack([torch.nn.functional.pad(x, (0, width - len(x)), value=tokenizer.pad_token_id) for x in ids])
     mask = torch.stack([torch.nn.functional.pad(torch.ones_like(x), (0, width - len(x))) for x in ids])
     _, entropy = reference_logps(snapshot, batch["prompt_ids"], batch["prompt_mask"], padded, mask, args.temperature)
     for i, x in enumerate(ids):
         top = set(torch.topk(entropy[i, : len(x)], k=min(2, len(x))).indices.tolist())
-        assert int(relay["prefix_lengths"][i]) in top
+        assert int(relay.prefix_lengths[i]) in top
 
 
 def test_registered_strategy_is_used(tmp_path, tokenizer, make_model, prompt_dataset):
@@ -192,7 +192,7 @@ def test_registered_strategy_is_used(tmp_path, tokenizer, make_model, prompt_dat
             processing_class=tokenizer,
         )
         trainer.train()
-        lengths = [len(x) for x in trainer.records[1]["relay"]["behavior_completion_ids"]]
+        lengths = [len(x) for x in trainer.records[1]["relay"].behavior_completion_ids]
         assert trainer.records[1]["batch"]["prefix_mask"].sum(1).tolist() == [min(2, n) for n in lengths]
     finally:
         _PREFIX_STRATEGIES.pop("first_two_tokens", None)
@@ -260,15 +260,15 @@ def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, mak
     trainer.train()
     record = trainer.records[1]
     relay, batch = record["relay"], record["batch"]
-    lengths = [len(ids) for ids in relay["behavior_completion_ids"]]
+    lengths = [len(ids) for ids in relay.behavior_completion_ids]
     assert max(lengths) <= expected_budget and expected_budget in lengths
-    assert relay["prefix_lengths"].tolist() == lengths  # the whole decoded prefix is kept
+    assert relay.prefix_lengths.tolist() == lengths  # the whole decoded prefix is kept
     eos = tokenizer.eos_token_id
-    for i, behavior_ids in enumerate(relay["behavior_completion_ids"]):
+    for i, behavior_ids in enumerate(relay.behavior_completion_ids):
         row = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
         assert row[: len(behavior_ids)] == behavior_ids
         ended = bool(behavior_ids) and behavior_ids[-1] == eos
-        assert bool(relay["no_continuation"][i]) == ended  # an EOS inside the budget ends the trajectory
+        assert bool(relay.no_continuation[i]) == ended  # an EOS inside the budget ends the trajectory
         if not ended:
             assert len(row) > len(behavior_ids) or len(row) == args.max_completion_length
     # Exact behavior log-probs on the prefix, as for full responses.

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from launch import accelerate_launch
-from trl_soup.trainer import continuation_importance_sampling_ratio
+from trl_soup.core import continuation_importance_sampling_ratio
 from vllm_server import GiB, kv_cache_bytes, vllm_available
 
 REPO = Path(__file__).resolve().parents[1]

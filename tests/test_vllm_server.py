@@ -111,9 +111,9 @@ def _check_relay_run(trainer, tokenizer, make_learner):
             learner = make_learner(r["learner_state"])
             assert (r["server_probe"] - learner_probe_logps(learner, tokenizer)).abs().max().item() > TOLERANCE
             relay, batch = r["relay"], r["batch"]
-            assert r["resampled_row0"] == relay["behavior_completion_ids"][0]
-            for i, behavior_ids in enumerate(relay["behavior_completion_ids"]):
-                k = int(relay["prefix_lengths"][i])
+            assert r["resampled_row0"] == relay.behavior_completion_ids[0]
+            for i, behavior_ids in enumerate(relay.behavior_completion_ids):
+                k = int(relay.prefix_lengths[i])
                 row = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
                 assert row[:k] == behavior_ids[:k]
             # Prefix log-probs are the server's sampling log-probs: pi_behavior = the learner at the refresh.

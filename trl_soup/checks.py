@@ -1,6 +1,9 @@
-"""Refusals SOUPTrainer raises from its arguments alone, before GRPOTrainer loads the model."""
+"""SOUPTrainer's refusals and warnings: from its arguments alone (before GRPOTrainer loads the model), and those
+that need what GRPOTrainer built (the accelerator, the processor)."""
 
 from __future__ import annotations
+
+import warnings
 
 from accelerate.utils import is_peft_model
 
@@ -49,4 +52,29 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "
             "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
             "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
+        )
+
+
+def check_trainer_setup(trainer) -> None:
+    """Refuse, or warn about, settings known only once GRPOTrainer is built (called at the end of ``__init__``)."""
+    args = trainer.args
+    relay = args.behavior_refresh_interval > 1
+    if relay and trainer.is_fsdp_enabled:
+        raise ValueError(
+            "SOUPTrainer does not support FSDP in this release (the accelerate config asks for it): the behavior "
+            "copy and its refresh are written for unsharded or DeepSpeed ZeRO-3 parameters. Use DDP or DeepSpeed "
+            "ZeRO-1/2/3."
+        )
+    if relay and trainer._is_vlm:
+        raise ValueError("SOUPTrainer's relay batches support text-only models in this release; got a "
+                         "vision-language processor. Allowed: a text model, or behavior_refresh_interval=1.")
+    every = args.steps_per_generation * trainer.num_iterations
+    if args.old_logps_from_loss_forward and (args.gradient_accumulation_steps % every != 0 or (
+            trainer.use_vllm and trainer.vllm_importance_sampling_correction)):
+        warnings.warn(
+            "old_logps_from_loss_forward=True has no effect with these settings: TRL computes pi_old itself "
+            f"(num_iterations={trainer.num_iterations}, steps_per_generation={args.steps_per_generation}, "
+            f"gradient_accumulation_steps={args.gradient_accumulation_steps}, use_vllm={trainer.use_vllm}), because "
+            "the weights change between generation and the loss or vLLM's importance-sampling correction needs it.",
+            UserWarning, stacklevel=3,
         )

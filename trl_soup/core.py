@@ -12,6 +12,7 @@ Equation map (see docs/equations.md):
     Eq. 1 DAPO objective           -> dapo_token_loss (reference implementation used by tests and docs)
     Eq. 5, sequence level          -> sequence_log_importance_weights (reference implementation used by tests)
     Sec. 3.2 relay rule            -> continuation_budgets (training and relay inference)
+    Eq. 5 with vLLM's correction   -> continuation_importance_sampling_ratio
     Fig. 5 / Sec. 4 statistics     -> clipped_token_mask, segment_sums, segment_means
     Sec. 3.3 entropy from a server -> entropy_from_top_logprobs (top-k estimate with a bound)
     Fig. 5 per-position statistics -> position_bin_sums
@@ -24,9 +25,12 @@ import torch
 __all__ = [
     "build_prefix_mask",
     "clipped_token_mask",
+    "continuation_budgets",
+    "continuation_importance_sampling_ratio",
     "dapo_token_loss",
     "entropy_from_top_logprobs",
     "mixed_old_per_token_logps",
+    "sequence_log_importance_weights",
     "position_bin_sums",
     "segment_means",
     "segment_sums",
@@ -159,6 +163,23 @@ def mixed_old_per_token_logps(
     """
     # log d_t = 1[t in s_b] log pi_behavior(o_t) + 1[t in s_c] log pi_old(o_t)
     return torch.where(prefix_mask.bool(), behavior_per_token_logps, old_per_token_logps)
+
+
+def continuation_importance_sampling_ratio(ratio: torch.Tensor, prefix_mask: torch.Tensor) -> torch.Tensor:
+    """TRL's vLLM importance-sampling ratio restricted to the continuation: exactly 1 on prefix tokens.
+
+    SOUP's prefix tokens are weighted by pi_theta / pi_behavior with the behavior's own sampling log-probs (paper
+    Eq. 5), so no inference-mismatch correction applies to them; the continuation keeps TRL's ratio
+    ``pi_old / pi_vLLM`` (token-level, or one value per sequence computed from the continuation only).
+
+    Args:
+        ratio: ``(B, C)`` token-level or ``(B, 1)`` sequence-level correction computed by TRL.
+        prefix_mask: ``(B, C)``, 1 on prefix (behavior) tokens.
+
+    Returns:
+        ``(B, C)``: 1 on prefix tokens, ``ratio`` (broadcast) elsewhere.
+    """
+    return torch.where(prefix_mask.bool(), torch.ones_like(ratio), ratio)  # broadcasts (B, 1) to (B, C)
 
 
 def sequence_log_importance_weights(

@@ -83,8 +83,8 @@ class RecordingSOUPTrainer(SOUPTrainer):
                 "global_step": self.state.global_step,
                 "output": {k: detach(v) for k, v in output.items() if isinstance(v, torch.Tensor)},
                 "relay": None if record is None else {
-                    "prefix_lengths": detach(record["prefix_lengths"]),
-                    "no_continuation": detach(record["no_continuation"]),
+                    "prefix_lengths": detach(record.prefix_lengths),
+                    "no_continuation": detach(record.no_continuation),
                 },
                 "vllm_calls": self.vllm_calls[calls_before:],
             })

@@ -113,7 +113,7 @@ class RecordingSOUPTrainer(SOUPTrainer):
             "completion_tokens": int(output["completion_mask"].sum()),
             "has_old_per_token_logps": output.get("old_per_token_logps") is not None,
             "rows_without_continuation": (
-                int(self.last_relay_record["no_continuation"].sum()) if self.last_relay_record is not None else 0
+                int(self.last_relay_record.no_continuation.sum()) if self.last_relay_record is not None else 0
             ),
             "rows": int(output["completion_ids"].size(0)),
             "snapshot_equals_learner": bool(torch.equal(snapshot, learner)),

@@ -55,3 +55,7 @@ class BehaviorBackend(ABC):
     @abstractmethod
     def load_snapshot(self, directory: str) -> None:
         """Restore the behavior copy written by :meth:`save_snapshot` (called when resuming mid-window)."""
+
+    def clean_saved_model(self, output_dir: str) -> None:
+        """Remove from a saved model folder what the backend put there that is not the trained model (called after
+        every save; default: nothing)."""

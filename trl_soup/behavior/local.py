@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -388,6 +389,14 @@ class LocalBehaviorBackend(BehaviorBackend):
         else:
             state = {"model": state}
         torch.save(state, os.path.join(directory, SNAPSHOT_FILE))
+
+    def clean_saved_model(self, output_dir: str) -> None:
+        """PEFT saves every adapter, the behavior one in a sub-folder: it is not part of the trained model, and its
+        presence makes transformers' resume load only the sub-folder adapters (not the trained one at the root).
+        Mid-window the snapshot is saved separately (:meth:`save_snapshot`)."""
+        folder = os.path.join(output_dir, BEHAVIOR_ADAPTER)
+        if self.is_peft and os.path.isdir(folder):
+            shutil.rmtree(folder)
 
     @torch.no_grad()
     def load_snapshot(self, directory: str) -> None:

@@ -102,6 +102,33 @@ class LookAheadIterator:
         return self._buffer[ahead]
 
 
+def prefetch_schedule(current: int, refresh_interval: int, max_ahead: int, every: int, step: int,
+                      total: int) -> list[tuple[int, int]]:
+    """Which generation batches to request ahead, and where their prompts are in the epoch iterator.
+
+    Args:
+        current: the generation batch being produced now.
+        refresh_interval: T; only batches of the current refresh window can be sampled (the next window's snapshot
+            does not exist yet).
+        max_ahead: ``behavior_prefetch``, how many generation batches ahead at most.
+        every: micro-steps per generation batch (``steps_per_generation * num_iterations``).
+        step: TRL's micro-step counter ``_step`` (a generation happens when ``step % every == 0``).
+        total: generation batches of the whole run (nothing past the end is requested).
+
+    Returns:
+        ``(generation batch index, offset)`` pairs: the batch of the epoch iterator ``offset`` items after the
+        current one holds the prompts of that generation batch.
+    """
+    first = every - step % every  # micro-steps (= batches of the iterator) to the next generation
+    schedule = []
+    for ahead in range(1, max_ahead + 1):
+        index = current + ahead
+        if index // refresh_interval != current // refresh_interval or index >= total:
+            break
+        schedule.append((index, first + (ahead - 1) * every))
+    return schedule
+
+
 class BehaviorPrefetcher:
     """A bounded queue of behavior samples requested ahead of time, keyed by generation batch index.
 

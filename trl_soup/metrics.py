@@ -1,0 +1,128 @@
+"""SOUP's ``soup/`` metrics as functions of tensors (paper Sec. 4, Fig. 5).
+
+Each ``*_sums`` function returns named sums and counts, so that the trainer can all-reduce them across processes
+before dividing; the matching ``*_metrics`` function turns the reduced sums into metric values by name. Empty
+segments or bins give NaN. To add a metric: a ``*_sums`` / ``*_metrics`` pair here, one call in the trainer hook
+that has the tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .core import clipped_token_mask, position_bin_sums, segment_means, segment_sums
+
+POSITION_BINS = 10  # paper Fig. 5: 10% bins of relative token position
+
+__all__ = [
+    "POSITION_BINS",
+    "composition_metrics",
+    "composition_sums",
+    "continuation_ratio_summary",
+    "importance_sampling_metrics",
+    "position_metrics",
+    "position_sums",
+    "relay_length_metrics",
+    "segment_metrics",
+    "segment_statistic_values",
+    "segment_statistics_sums",
+]
+
+
+def composition_sums(prefix_mask: torch.Tensor, loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Token counts of the batch by segment: ``{"tokens": [prefix_sum, prefix_count, cont_sum, cont_count]}``."""
+    return {"tokens": segment_sums(torch.ones_like(prefix_mask, dtype=torch.float32), loss_mask, prefix_mask)}
+
+
+def composition_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    tokens = sums["tokens"]
+    return {"soup/prefix_fraction": (tokens[1] / (tokens[1] + tokens[3]).clamp(min=1.0)).item()}
+
+
+def relay_length_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """From :meth:`trl_soup.records.RelayRecord.length_sums` (reduced): mean lengths and the final-prefix share."""
+    stats = sums["lengths"]
+    return {
+        "soup/prefix_length/mean": (stats[0] / stats[3]).item(),
+        "soup/behavior_length/mean": (stats[1] / stats[3]).item(),
+        "soup/no_continuation_fraction": (stats[2] / stats[3]).item(),
+    }
+
+
+def segment_statistic_values(per_token_logps: torch.Tensor, denominator: torch.Tensor | None, advantages: torch.Tensor,
+                             entropies: torch.Tensor | None, epsilon_low: float,
+                             epsilon_high: float) -> dict[str, torch.Tensor]:
+    """Per-token statistics of the loss (paper Fig. 5): clip indicator of Eq. 1, |log r_t|, and entropy if known.
+
+    Args:
+        per_token_logps: ``(B, C)`` log pi_theta of the loss forward.
+        denominator: ``(B, C)`` the ratio's denominator (Eq. 5), or None when TRL uses pi_theta itself (ratio 1).
+        advantages: ``(B,)`` or ``(B, 1)`` advantages.
+        entropies: ``(B, C)`` or None.
+    """
+    log_ratio = per_token_logps - (per_token_logps if denominator is None else denominator)
+    values = {
+        "clip_ratio": clipped_token_mask(torch.exp(log_ratio), advantages, epsilon_low, epsilon_high).float(),
+        "log_ratio": log_ratio.abs(),
+    }
+    if entropies is not None:
+        values["entropy"] = entropies
+    return values
+
+
+def segment_statistics_sums(values: dict[str, torch.Tensor], mask: torch.Tensor,
+                            prefix_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """:func:`trl_soup.core.segment_sums` of each statistic."""
+    return {name: segment_sums(v, mask, prefix_mask) for name, v in values.items()}
+
+
+def segment_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``soup/<name>/prefix`` and ``.../continuation`` means (``soup/log_ratio/*_abs_mean`` for |log r_t|)."""
+    metrics = {}
+    for name, row in sums.items():
+        prefix, continuation = segment_means(row)
+        if name == "log_ratio":
+            metrics["soup/log_ratio/prefix_abs_mean"] = prefix
+            metrics["soup/log_ratio/continuation_abs_mean"] = continuation
+        else:
+            metrics[f"soup/{name}/prefix"] = prefix
+            metrics[f"soup/{name}/continuation"] = continuation
+    return metrics
+
+
+def position_sums(values: dict[str, torch.Tensor], mask: torch.Tensor,
+                  num_bins: int = POSITION_BINS) -> dict[str, torch.Tensor]:
+    """Entropy and clip ratio (those present) by bin of relative position: ``(num_bins, 2)`` sums and counts."""
+    return {name: position_bin_sums(values[name], mask, num_bins) for name in ("entropy", "clip_ratio") if name in values}
+
+
+def position_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """``soup/position/<name>/bin_<i>``: the mean in bin i (NaN for an empty bin)."""
+    metrics = {}
+    for name, rows in sums.items():
+        for i, (total, count) in enumerate(rows.tolist()):
+            metrics[f"soup/position/{name}/bin_{i}"] = total / count if count > 0 else float("nan")
+    return metrics
+
+
+def continuation_ratio_summary(ratio: torch.Tensor, completion_mask: torch.Tensor,
+                               prefix_mask: torch.Tensor) -> torch.Tensor:
+    """``(3,)`` min, mean and max of TRL's vLLM importance-sampling ratio over the continuation.
+
+    Token modes (``ratio`` is ``(B, C)``): over continuation tokens; sequence modes (``(B, 1)``): over the sequences
+    that have a continuation. NaN when there is none (a rank without continuation tokens; the gather skips NaN).
+    """
+    continuation = completion_mask.bool() & ~prefix_mask.bool()
+    values = ratio[continuation.any(dim=1)].flatten() if ratio.size(1) == 1 else ratio[continuation]
+    if values.numel() == 0:
+        return torch.full((3,), float("nan"), device=ratio.device)
+    return torch.stack([values.min(), values.mean(), values.max()])
+
+
+def importance_sampling_metrics(gathered: torch.Tensor) -> dict[str, float]:
+    """``sampling/importance_sampling_ratio/{min,mean,max}`` from the ``(num_processes, 3)`` gathered summaries."""
+    metrics = {}
+    for column, (name, reduce) in enumerate((("min", torch.min), ("mean", torch.mean), ("max", torch.max))):
+        finite = gathered[:, column][~gathered[:, column].isnan()]
+        metrics[f"sampling/importance_sampling_ratio/{name}"] = reduce(finite).item() if finite.numel() else float("nan")
+    return metrics

@@ -1,0 +1,75 @@
+"""Typed records passed between SOUPTrainer's hooks (and read by tests and tools).
+
+- :class:`RelayRecord`: what one relay generation did on this rank, from ``_generate_single_turn`` to
+  ``_generate_and_score_completions``; the last one stays readable as ``SOUPTrainer.last_relay_record``.
+- :class:`LossCapture`: what the loss forward computed, from ``_get_per_token_logps_and_entropies`` to
+  ``_compute_loss`` (and, with ``old_logps_from_loss_forward``, the denominator it fills in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .core import mixed_old_per_token_logps
+
+__all__ = ["LossCapture", "RelayRecord"]
+
+
+@dataclass
+class RelayRecord:
+    """One relay generation batch on this rank, one row per sample.
+
+    Attributes:
+        prefix_lengths: ``(B,)`` long, tokens of each completion written by the behavior copy (the prefix).
+        prefix_logps: ``B`` float tensors, log pi_behavior of each prefix token (the Eq. 5 denominator there).
+        behavior_lengths: ``(B,)`` long, length of each full behavior response before it was cut.
+        no_continuation: ``(B,)`` bool, prefixes that are final (ended in EOS, or left no budget): no continuation.
+        behavior_completion_ids: ``B`` lists, the full responses the behavior copy sampled (for inspection).
+    """
+
+    prefix_lengths: torch.Tensor
+    prefix_logps: list[torch.Tensor]
+    behavior_lengths: torch.Tensor
+    no_continuation: torch.Tensor
+    behavior_completion_ids: list[list[int]]
+
+    def behavior_per_token_logps(self, completion_length: int, device) -> torch.Tensor:
+        """``(B, completion_length)`` float32: the prefix log-probs left-aligned, 0 on continuation and padding."""
+        out = torch.zeros(len(self.prefix_logps), completion_length, dtype=torch.float32, device=device)
+        for i, logps in enumerate(self.prefix_logps):
+            out[i, : logps.numel()] = logps.to(device)
+        return out
+
+    def length_sums(self, device) -> torch.Tensor:
+        """``(4,)``: sums of prefix lengths, behavior lengths, final prefixes, and the row count (to reduce)."""
+        return torch.tensor(
+            [float(self.prefix_lengths.sum()), float(self.behavior_lengths.sum()),
+             float(self.no_continuation.sum()), float(len(self.prefix_logps))],
+            device=device,
+        )
+
+
+@dataclass
+class LossCapture:
+    """The loss forward's values, recorded for the ``soup/`` segment statistics.
+
+    With ``old_logps_from_loss_forward`` on a relay batch, ``deferred_denominator`` holds the Eq. 5 denominator with
+    the behavior log-probs on the prefix; :meth:`record` fills its continuation with the loss forward's own log-probs
+    (pi_old = pi_theta there: generation and optimisation are aligned) before TRL computes the ratio.
+    """
+
+    per_token_logps: torch.Tensor | None = None
+    entropies: torch.Tensor | None = None
+    deferred_denominator: torch.Tensor | None = None
+    deferred_prefix_mask: torch.Tensor | None = None
+
+    def record(self, per_token_logps: torch.Tensor, entropies: torch.Tensor | None) -> None:
+        self.per_token_logps = per_token_logps.detach()
+        self.entropies = None if entropies is None else entropies.detach()
+        if self.deferred_denominator is not None:
+            filled = mixed_old_per_token_logps(self.deferred_prefix_mask, self.deferred_denominator,
+                                               self.per_token_logps)  # Eq. 5
+            self.deferred_denominator.copy_(filled)
+            self.deferred_denominator = None  # filled once: later forwards of the same loss only record

@@ -1,0 +1,71 @@
+"""SOUP's checkpoint state: the refresh counter, the truncation RNG and (mid-window) the behavior snapshot.
+
+Files inside a checkpoint folder, next to transformers' own:
+
+- ``soup_state.pt`` (main process): :class:`SOUPState` as a dict;
+- ``soup_rng_state_<rank>.pt`` (every rank): the state of the rank's truncation generator;
+- ``behavior_snapshot/``: the behavior backend's snapshot, written only mid-window (at a window boundary the next
+  batch refreshes it anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import torch
+
+SOUP_STATE_FILE = "soup_state.pt"
+SNAPSHOT_DIR = "behavior_snapshot"
+
+__all__ = ["SNAPSHOT_DIR", "SOUP_STATE_FILE", "SOUPState", "load_rng_state", "rng_state_path", "save_rng_state"]
+
+
+@dataclass
+class SOUPState:
+    """What a resumed run needs besides the model, optimizer and transformers' trainer state.
+
+    Attributes:
+        generation_batch_index: generation batches produced so far (the refresh counter).
+        behavior_refresh_interval: T of the run that saved it (a resume must use the same T).
+        behavior_snapshot: whether the checkpoint holds the behavior snapshot (saved mid-window).
+    """
+
+    generation_batch_index: int
+    behavior_refresh_interval: int
+    behavior_snapshot: bool
+
+    def save(self, checkpoint: str) -> None:
+        torch.save(asdict(self), os.path.join(checkpoint, SOUP_STATE_FILE))
+
+    @classmethod
+    def load(cls, checkpoint: str, behavior_refresh_interval: int) -> SOUPState:
+        """Read the state of ``checkpoint``; refuse a missing file or a different T with a clear error."""
+        path = os.path.join(checkpoint, SOUP_STATE_FILE)
+        if not os.path.exists(path):
+            raise FileNotFoundError(
+                f"{path} is missing: this checkpoint was not written by SOUPTrainer, so the behavior snapshot and the "
+                "refresh counter cannot be restored."
+            )
+        state = cls(**torch.load(path, map_location="cpu", weights_only=True))
+        if state.behavior_refresh_interval != behavior_refresh_interval:
+            raise ValueError(
+                f"The checkpoint was trained with behavior_refresh_interval={state.behavior_refresh_interval}, "
+                f"this run uses {behavior_refresh_interval}; resume with the same value."
+            )
+        return state
+
+
+def rng_state_path(checkpoint: str, rank: int) -> str:
+    return os.path.join(checkpoint, f"soup_rng_state_{rank}.pt")
+
+
+def save_rng_state(checkpoint: str, rank: int, generator: torch.Generator) -> None:
+    torch.save({"prefix_generator": generator.get_state()}, rng_state_path(checkpoint, rank))
+
+
+def load_rng_state(checkpoint: str, rank: int, generator: torch.Generator) -> None:
+    """Restore ``generator`` from the rank's file, if the checkpoint has one (a run on fewer ranks may not)."""
+    path = rng_state_path(checkpoint, rank)
+    if os.path.exists(path):
+        generator.set_state(torch.load(path, weights_only=True)["prefix_generator"])
