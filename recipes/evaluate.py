@@ -29,18 +29,14 @@ from dataclasses import asdict, dataclass, field
 from transformers import AutoTokenizer
 from trl import TrlParser
 
-from trl_soup.evaluation import (
-    BACKENDS,
+from benchmarks import (  # recipes/benchmarks.py: recipes/ is on sys.path when a recipe runs as a script
     BENCHMARKS,
     DEFAULT_PROMPT_TEMPLATE,
-    build_generator,
     build_prompt_ids,
-    correctness_summary,
     load_problems,
-    plan_relay,
     plot_pass_at_k,
-    resolve_backend,
 )
+from trl_soup.evaluation import BACKENDS, build_generator, correctness_summary, relay_generate, resolve_backend
 from trl_soup.rewards import math_is_correct
 
 
@@ -153,28 +149,27 @@ def main():
     print(f"[evaluate] {', '.join(f'{k}: {len(v[0])}' for k, v in sets.items())} problems x {n} samples, "
           f"backend {backend}{', relay inference' if relay else ''}", flush=True)
 
-    # 2. Generation. Relay: the prefix model writes every response, the responses are cut (ratio truncation),
-    #    then the continuation model finishes them. One checkpoint is loaded at a time.
+    # 2. Generation. Relay: the prefix model writes every response; relay_generate cuts each one (ratio truncation)
+    #    and the continuation model finishes it. One checkpoint is loaded at a time.
+    def sample(model):
+        generator = make_generator(args, backend, model, tokenizer)
+        out = {name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed)
+               for name, ids in prompts.items()}
+        generator.close()  # free this model before the next one is loaded
+        return out
+
     prefix_lengths = {name: [0] * (len(ids) * n) for name, ids in prompts.items()}
     if relay:
-        generator = make_generator(args, backend, args.prefix_model_name_or_path, tokenizer)
-        full = {name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed)
-                for name, ids in prompts.items()}
-        generator.close()  # free the prefix model before the continuation model is loaded
-        del generator
-        plans = {name: plan_relay(prompts[name], full[name], n, args.prefix_ratio, args.max_new_tokens, eos_token_ids)
-                 for name in prompts}
+        full = sample(args.prefix_model_name_or_path)
         generator = make_generator(args, backend, args.model_name_or_path, tokenizer)
         responses = {}
-        for name, plan in plans.items():
-            continuations = generator.generate(plan.continuation_prompt_ids, plan.budgets, n=1, seed=args.seed + 1)
-            responses[name] = [p + c for p, c in zip(plan.prefixes, continuations, strict=True)]
-            prefix_lengths[name] = [len(p) for p in plan.prefixes]
+        for name, ids in prompts.items():
+            responses[name], prefix_lengths[name] = relay_generate(
+                None, generator, ids, args.max_new_tokens, n, args.prefix_ratio, eos_token_ids, seed=args.seed,
+                prefix_responses=full[name])
+        generator.close()
     else:
-        generator = make_generator(args, backend, args.model_name_or_path, tokenizer)
-        responses = {name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed)
-                     for name, ids in prompts.items()}
-    generator.close()
+        responses = sample(args.model_name_or_path)
 
     # 3. Scoring (math-verify) and metrics.
     scores = {}

@@ -184,11 +184,29 @@ def test_sampled_relay_prefix_is_what_the_prefix_model_samples_alone(two_models)
         assert response[:k] == full[:k]
 
 
+def test_relay_from_given_prefix_responses_is_the_same_relay(two_models):
+    """The recipe samples the prefix model first (to free it); relay_generate then continues those responses."""
+    prefix_model, continuation_model = two_models
+
+    def make(model):
+        return TransformersGenerator(model, pad_token_id=0, eos_token_ids=[EOS], temperature=1.0)
+
+    expected = relay_generate(make(prefix_model), make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5,
+                              eos_token_ids=[EOS], seed=3)
+    full = make(prefix_model).generate(PROMPTS, 10, n=2, seed=3)
+    given = relay_generate(None, make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5, eos_token_ids=[EOS],
+                           seed=3, prefix_responses=full)
+    assert given == expected
+    with pytest.raises(ValueError, match="pass a prefix_generator, or the prefix model's responses"):
+        relay_generate(None, make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5, eos_token_ids=[EOS])
+
+
 # ----------------------------------------------------------------------------------------------------------- recipe
 
 
 def run_recipe(monkeypatch, *argv):
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # as `python recipes/evaluate.py` does: imports benchmarks.py
     runpy.run_path(str(ROOT / "recipes" / "evaluate.py"), run_name="__main__")
 
 
