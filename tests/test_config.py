@@ -7,6 +7,7 @@ allowed values, raised before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from transformers import HfArgumentParser
@@ -19,6 +20,28 @@ from trl_soup.truncation import _PREFIX_STRATEGIES
 SOUP_FIELDS = (
     "prefix_strategy", "prefix_ratio", "prefix_entropy_top_k", "behavior_refresh_interval", "behavior_backend",
 )
+
+
+def _default(f: dataclasses.Field):
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+# Every field SOUPConfig adds to GRPOConfig or redefines (another default or help), computed: a new field is covered
+# at once.
+_GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig)}
+ADDED_OR_CHANGED_FIELDS = tuple(
+    f.name for f in dataclasses.fields(SOUPConfig)
+    if f.name not in _GRPO_FIELDS or _default(f) != _default(_GRPO_FIELDS[f.name])
+    or f.metadata != _GRPO_FIELDS[f.name].metadata
+)
+# Plumbing (server address, timeouts, weight transfer, files): no paper section to cite. Every other SOUP field cites
+# the paper (a section, equation, figure or appendix).
+PLUMBING_FIELDS = (
+    "behavior_server_base_url", "behavior_server_host", "behavior_server_port", "behavior_server_timeout",
+    "behavior_server_max_retries", "behavior_refresh_method", "behavior_server_group_port", "behavior_refresh_dir",
+    "prefix_entropy_logprobs",
+)
+PAPER_REFERENCE = re.compile(r"\b(Sec\.|Eq\.|Fig\.|Appendix)")
 
 
 def make_config(tmp_path, **overrides):
@@ -63,6 +86,23 @@ def test_every_soup_field_has_help_citing_a_paper_section():
         help_text = fields[name].metadata.get("help", "")
         assert "Sec." in help_text, f"{name}: help does not cite the paper section: {help_text!r}"
         assert "Default" in help_text, f"{name}: help does not state the default: {help_text!r}"
+
+
+def test_every_added_or_changed_field_is_documented():
+    """Help text with the default, an entry in the class docstring, a paper reference unless it is plumbing."""
+    assert set(SOUP_FIELDS) | {"epsilon_high"} <= set(ADDED_OR_CHANGED_FIELDS)
+    assert len(ADDED_OR_CHANGED_FIELDS) >= 19
+    assert set(PLUMBING_FIELDS) <= set(ADDED_OR_CHANGED_FIELDS), "a plumbing field that SOUPConfig no longer has"
+    fields = {f.name: f for f in dataclasses.fields(SOUPConfig)}
+    docstring = SOUPConfig.__doc__
+    for name in ADDED_OR_CHANGED_FIELDS:
+        help_text = fields[name].metadata.get("help", "")
+        assert "Default" in help_text, f"{name}: help does not state the default: {help_text!r}"
+        assert re.search(rf"^ {{8}}{name} \(`", docstring, re.MULTILINE), f"{name}: not in SOUPConfig's docstring"
+        if name in PLUMBING_FIELDS:
+            assert not PAPER_REFERENCE.search(help_text), f"{name}: plumbing, cites the paper: {help_text!r}"
+        else:
+            assert PAPER_REFERENCE.search(help_text), f"{name}: help does not cite the paper: {help_text!r}"
 
 
 def test_soup_config_is_a_grpo_config(tmp_path):
@@ -380,7 +420,7 @@ def test_help_of_every_field_renders():
     from trl import TrlParser
 
     text = TrlParser((SOUPConfig,)).format_help()
-    for name in SOUP_FIELDS:
+    for name in (*SOUP_FIELDS, *ADDED_OR_CHANGED_FIELDS):
         assert f"--{name}" in text, name
 
 

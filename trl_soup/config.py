@@ -35,25 +35,60 @@ class SOUPConfig(GRPOConfig):
     and continuation tokens by pi_theta/pi_old (paper Eq. 5).
 
     Defaults follow the paper (Sec. 4): DAPO token-level loss (`loss_type="dapo"`), clip-higher
-    (`epsilon=0.2`, `epsilon_high=0.28`), no KL term (`beta=0.0`), ratio truncation at 0.5, T = 8.
+    (`epsilon=0.2`, `epsilon_high=0.28`), no KL term (`beta=0.0`), ratio truncation at 0.5, T = 8. Of the GRPOConfig
+    fields only `epsilon_high` gets a new default; `loss_type`, `epsilon` and `beta` already have these values there.
 
     Parameters:
         prefix_strategy (`str`, *optional*, defaults to `"ratio"`):
-            How each behavior response is cut (paper Sec. 3.3): `"ratio"`, `"entropy"`, or any name registered with
-            `trl_soup.register_prefix_strategy`.
+            How each behavior response is cut (paper Sec. 3.3): `"ratio"`, `"entropy"`, `"fixed_budget"` (decode only
+            the prefix that is kept, Appendix C), or any name registered with `trl_soup.register_prefix_strategy`.
         prefix_ratio (`float`, *optional*, defaults to `0.5`):
             Fraction of the behavior response kept as prefix by the `"ratio"` strategy, in [0, 1].
         prefix_entropy_top_k (`int`, *optional*, defaults to `32`):
             Number of highest-entropy positions among which the `"entropy"` strategy draws its cut.
+        prefix_budget (`int` or `None`, *optional*, defaults to `None`):
+            Tokens of behavior prefix decoded and kept by `prefix_strategy="fixed_budget"`, in
+            [1, `max_completion_length`]; None: `round(prefix_ratio * max_completion_length)`. Refused with
+            `"ratio"` and `"entropy"`, which ignore it.
         behavior_refresh_interval (`int`, *optional*, defaults to `8`):
             T: the behavior snapshot is refreshed from the learner every T generation batches. T = 1 is plain DAPO.
         behavior_backend (`str`, *optional*, defaults to `"local"`):
             Where the behavior policy runs. `"local"`: a frozen copy in the training process (a second adapter for
-            PEFT models). `"vllm_server"`: a vLLM server of its own (see `behavior_server_*`,
-            `behavior_refresh_method`, `behavior_refresh_dir`, `prefix_entropy_logprobs`).
+            PEFT models). `"vllm_server"`: a vLLM server of its own, configured by the `behavior_server_*` and
+            `behavior_refresh_*` fields below.
+        behavior_server_base_url (`str` or `None`, *optional*, defaults to `None`):
+            `"vllm_server"`: base URL of the behavior server (`http://` or `https://`); None: built from
+            `behavior_server_host` and `behavior_server_port`.
+        behavior_server_host (`str`, *optional*, defaults to `"127.0.0.1"`):
+            `"vllm_server"`: host of the behavior server when no base URL is given.
+        behavior_server_port (`int`, *optional*, defaults to `8001`):
+            `"vllm_server"`: port of the behavior server when no base URL is given.
+        behavior_server_timeout (`float`, *optional*, defaults to `240.0`):
+            `"vllm_server"`: seconds to wait for the server to answer at start, then training stops with an error.
+        behavior_server_max_retries (`int`, *optional*, defaults to `3`):
+            `"vllm_server"`: retries of a failed request (exponential back-off) before training stops with an error.
+        behavior_refresh_method (`str`, *optional*, defaults to `"disk"`):
+            `"vllm_server"`: how the server gets the learner's weights every T batches: `"disk"` (saved, merged under
+            PEFT, and reloaded; works on CPU), `"lora"` (PEFT only: the adapter under a new name) or `"nccl"` (TRL's
+            weight transfer; needs CUDA).
+        behavior_server_group_port (`int`, *optional*, defaults to `51217`):
+            `"vllm_server"` with `"nccl"` refresh: port of the weight-update group (distinct from `vllm_group_port`).
+        behavior_refresh_dir (`str` or `None`, *optional*, defaults to `None`):
+            `"vllm_server"` with `"disk"` or `"lora"` refresh: where the weights are written for the server to read;
+            None: `<output_dir>/behavior_refresh`.
+        prefix_entropy_logprobs (`int`, *optional*, defaults to `20`):
+            `"vllm_server"` with `prefix_strategy="entropy"`: top log-probs requested per token to estimate the
+            behavior entropy (docs/deviations.md).
+        log_position_statistics (`bool`, *optional*, defaults to `False`):
+            Log entropy and clip ratio per tenth of relative token position (`soup/position/...`, paper Fig. 5).
+        behavior_prefetch (`int`, *optional*, defaults to `0`):
+            `"vllm_server"` only: number of upcoming generation batches whose behavior responses are sampled in the
+            background while the current step trains (never across a refresh); 0 disables it.
         old_logps_from_loss_forward (`bool`, *optional*, defaults to `False`):
             Skip the pi_old forward on relay batches when TRL would skip it (generation and optimisation aligned) and
             read pi_old from the loss forward instead; the batch then has `old_per_token_logps=None`.
+        epsilon_high (`float` or `None`, *optional*, defaults to `0.28`):
+            Upper clipping epsilon (clip-higher, DAPO; paper Sec. 4). GRPOConfig's default is None (= `epsilon`).
     """
 
     prefix_strategy: str = field(
@@ -107,57 +142,57 @@ class SOUPConfig(GRPOConfig):
         default=None,
         metadata={
             "help": "vllm_server backend: base URL of the behavior server, e.g. 'http://127.0.0.1:8001'. If None, "
-            "behavior_server_host and behavior_server_port are used. The paper serves its historical policy with "
-            "vLLM (Sec. 4)."
+            "behavior_server_host and behavior_server_port are used. Default None."
         },
     )
     behavior_server_host: str = field(
         default="127.0.0.1",
-        metadata={"help": "vllm_server backend: host of the behavior server when no base URL is given (Sec. 4)."},
+        metadata={"help": "vllm_server backend: host of the behavior server when no base URL is given. "
+                  "Default '127.0.0.1'."},
     )
     behavior_server_port: int = field(
         default=8001,
-        metadata={"help": "vllm_server backend: port of the behavior server when no base URL is given (Sec. 4)."},
+        metadata={"help": "vllm_server backend: port of the behavior server when no base URL is given. Default 8001."},
     )
     behavior_server_timeout: float = field(
         default=240.0,
         metadata={
-            "help": "vllm_server backend: seconds to wait for the behavior server to answer at start (Sec. 4); past "
-            "that, training stops with an error naming the address."
+            "help": "vllm_server backend: seconds to wait for the behavior server to answer at start; past that, "
+            "training stops with an error naming the address. Default 240."
         },
     )
     behavior_server_max_retries: int = field(
         default=3,
         metadata={
             "help": "vllm_server backend: retries of a failed request (with exponential back-off) before training "
-            "stops with an error (Sec. 4)."
+            "stops with an error. Default 3."
         },
     )
     behavior_refresh_method: str = field(
         default="disk",
         metadata={
-            "help": "vllm_server backend: how the server gets the learner's weights every T batches (Sec. 3.2). "
-            "'disk': saved (merged under PEFT) and reloaded by the server, works on CPU; 'lora': PEFT only, the "
-            "adapter is loaded under a new name; 'nccl': TRL's weight transfer (GPU)."
+            "help": "vllm_server backend: how the server gets the learner's weights every T batches. 'disk': saved "
+            "(merged under PEFT) and reloaded by the server, works on CPU; 'lora': PEFT only, the adapter is loaded "
+            "under a new name; 'nccl': TRL's weight transfer (GPU). Default 'disk'."
         },
     )
     behavior_server_group_port: int = field(
         default=51217,
         metadata={"help": "vllm_server backend with behavior_refresh_method='nccl': port of the weight-update group "
-                  "(distinct from TRL's vllm_group_port) (Sec. 4)."},
+                  "(distinct from TRL's vllm_group_port). Default 51217."},
     )
     behavior_refresh_dir: str | None = field(
         default=None,
         metadata={
             "help": "vllm_server backend with 'disk' or 'lora' refresh: where weights are written for the server to "
-            "read; must be visible to the server. Default: <output_dir>/behavior_refresh (Sec. 3.2)."
+            "read; must be visible to the server. Default None: <output_dir>/behavior_refresh."
         },
     )
     prefix_entropy_logprobs: int = field(
         default=20,
         metadata={
             "help": "vllm_server backend with prefix_strategy='entropy': number of top log-probs requested per token "
-            "to estimate the behavior entropy (Sec. 3.3); see docs/deviations.md for the estimate and its bound."
+            "to estimate the behavior entropy; see docs/deviations.md for the estimate and its bound. Default 20."
         },
     )
     log_position_statistics: bool = field(
@@ -187,7 +222,7 @@ class SOUPConfig(GRPOConfig):
             "takes the continuation's pi_old log-probs from the loss forward (detached), building the Eq. 5 "
             "denominator inside the loss; the batch then carries old_per_token_logps=None, as TRL's does. Same "
             "loss, one forward pass fewer per relay batch. No effect when TRL computes pi_old itself. False: "
-            "old_per_token_logps is always in the batch on relay batches (SOUP.md contract). Default False."
+            "old_per_token_logps is always in the batch on relay batches (README, batch keys). Default False."
         },
     )
     # Paper Sec. 4: DAPO with clip-higher. GRPOConfig already defaults to loss_type="dapo", epsilon=0.2, beta=0.0.
