@@ -29,7 +29,8 @@ from dataclasses import asdict, dataclass, field
 from transformers import AutoTokenizer
 from trl import TrlParser
 
-from benchmarks import (  # recipes/benchmarks.py: recipes/ is on sys.path when a recipe runs as a script
+# recipes/ is on sys.path when a recipe runs as a script
+from math_benchmarks import (
     BENCHMARKS,
     DEFAULT_PROMPT_TEMPLATE,
     build_prompt_ids,

@@ -206,7 +206,7 @@ def test_relay_from_given_prefix_responses_is_the_same_relay(two_models):
 
 def run_recipe(monkeypatch, *argv):
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # as `python recipes/evaluate.py` does: imports benchmarks.py
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # as `python recipes/evaluate.py` does: imports math_benchmarks.py
     runpy.run_path(str(ROOT / "recipes" / "evaluate.py"), run_name="__main__")
 
 

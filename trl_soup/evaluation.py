@@ -16,7 +16,7 @@ as relay sampling in training. Token ids are kept end to end: nothing is decoded
 Generation goes through a small interface, `Generator`, with two implementations: `TransformersGenerator`
 (``model.generate``) and `VLLMGenerator` (vLLM's offline ``LLM`` engine with token-id prompts).
 
-Benchmark tables, prompt templates and the pass@k plot are recipe code: ``recipes/benchmarks.py``, used by
+Benchmark tables, prompt templates and the pass@k plot are recipe code: ``recipes/math_benchmarks.py``, used by
 ``recipes/evaluate.py``.
 """
 

@@ -13,11 +13,18 @@ from dataclasses import dataclass
 import torch
 
 from .behavior.base import BehaviorSamples
-from .core import continuation_budgets
+from .core import continuation_budgets, continuation_importance_sampling_ratio
+from .metrics import continuation_ratio_summary
 from .records import RelayRecord
 from .truncation import compute_prefix_lengths
 
-__all__ = ["ContinuationPlan", "assemble_relay", "plan_continuations", "relay_generation"]
+__all__ = [
+    "ContinuationPlan",
+    "assemble_relay",
+    "plan_continuations",
+    "relay_generation",
+    "restrict_vllm_correction",
+]
 
 # continuation(requests, max_new_tokens) -> (token ids, sampling log-probs or None), one answer per request
 ContinuationFn = Callable[[list[list[int]], int], tuple[list[list[int]], list[list[float]] | None]]
@@ -135,3 +142,30 @@ def relay_generation(prompt_ids: list[list[int]], samples: BehaviorSamples, args
         max_budget = plan.max_budget if reduce_max is None else reduce_max(plan.max_budget)
         continuation = continue_fn(plan.requests or [list(prompt_ids[0])], max_budget)
     return assemble_relay(plan, samples, continuation, nan_prefix_logps=use_vllm)
+
+
+@torch.no_grad()
+def restrict_vllm_correction(batch: dict) -> torch.Tensor | None:
+    """Make the prefix tokens of a relay batch neutral in TRL's vLLM importance-sampling correction (in place).
+
+    The relay generation gave TRL NaN sampling log-probs on prefix tokens, so TRL's correction already ignored them
+    (a zero log-ratio: ratio 1 in token modes, no share of a sequence-level ratio). Here the behavior log-probs
+    replace the NaN in ``sampling_per_token_logps``, and ``importance_sampling_ratio`` is set to exactly 1 on prefix
+    tokens in every mode (:func:`trl_soup.core.continuation_importance_sampling_ratio`).
+
+    Args:
+        batch: TRL's generation output with SOUP's ``prefix_mask`` and ``behavior_per_token_logps``.
+
+    Returns:
+        The ``(3,)`` min / mean / max of TRL's ratio over the continuation
+        (:func:`trl_soup.metrics.continuation_ratio_summary`), or None without the correction.
+    """
+    prefix_mask = batch["prefix_mask"]
+    sampling = batch.get("sampling_per_token_logps")
+    if sampling is not None:
+        batch["sampling_per_token_logps"] = torch.where(prefix_mask.bool(), batch["behavior_per_token_logps"], sampling)
+    ratio = batch.get("importance_sampling_ratio")
+    if ratio is None:
+        return None
+    batch["importance_sampling_ratio"] = continuation_importance_sampling_ratio(ratio, prefix_mask)
+    return continuation_ratio_summary(ratio, batch["completion_mask"], prefix_mask)

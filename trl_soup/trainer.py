@@ -7,7 +7,6 @@ checkpoint state in :mod:`trl_soup.state` and the historical copy in :mod:`trl_s
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import time
@@ -18,14 +17,14 @@ from transformers import GenerationConfig
 from trl import GRPOTrainer
 
 from . import metrics as soup_metrics
-from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing
+from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing, generation_budget
 from .behavior import build_behavior_backend
 from .behavior.prefetch import BehaviorPrefetcher, prefetch_schedule
 from .checks import check_trainer_arguments, check_trainer_setup
 from .config import SOUPConfig
-from .core import build_prefix_mask, continuation_importance_sampling_ratio, mixed_old_per_token_logps
+from .core import build_prefix_mask, mixed_old_per_token_logps
 from .records import LossCapture, RelayRecord
-from .relay import relay_generation
+from .relay import relay_generation, restrict_vllm_correction
 from .state import SNAPSHOT_DIR, SOUP_STATE_FILE, SOUPState, load_rng_state, save_rng_state
 from .truncation import behavior_decode_budget
 
@@ -189,26 +188,14 @@ class SOUPTrainer(GRPOTrainer):
 
     @torch.no_grad()
     def _restrict_vllm_correction_to_continuation(self, output) -> None:
-        """Make prefix tokens neutral in TRL's vLLM importance-sampling correction and in its metrics.
-
-        The relay generation gave TRL NaN sampling log-probs on prefix tokens, so TRL's correction already ignored
-        them (a zero log-ratio: ratio 1 in token modes, no share of a sequence-level ratio). Here the ratio is set to
-        exactly 1 on prefix tokens in every mode, the behavior log-probs replace the NaN in
-        ``sampling_per_token_logps``, and the ``sampling/importance_sampling_ratio/*`` values TRL just logged are
-        recomputed over the continuation (docs/vllm_server.md sec. 5).
-        """
-        mode = "train" if self.model.training else "eval"
-        prefix_mask = output["prefix_mask"]
-        sampling = output.get("sampling_per_token_logps")
-        if sampling is not None:
-            output["sampling_per_token_logps"] = torch.where(prefix_mask.bool(), output["behavior_per_token_logps"],
-                                                             sampling)
-        ratio = output.get("importance_sampling_ratio")
-        if ratio is None:  # vllm_importance_sampling_correction=False
+        """Prefix tokens neutral in TRL's vLLM importance-sampling correction (:func:`trl_soup.relay.
+        restrict_vllm_correction`); the ``sampling/importance_sampling_ratio/*`` values TRL just logged are replaced
+        by their values over the continuation, gathered from every rank (docs/vllm_server.md sec. 5)."""
+        summary = restrict_vllm_correction(output)
+        if summary is None:  # vllm_importance_sampling_correction=False
             return
-        output["importance_sampling_ratio"] = continuation_importance_sampling_ratio(ratio, prefix_mask)
-        summary = soup_metrics.continuation_ratio_summary(ratio, output["completion_mask"], prefix_mask)
         gathered = self.accelerator.gather(summary.unsqueeze(0))  # (num_processes, 3)
+        mode = "train" if self.model.training else "eval"
         for name, value in soup_metrics.importance_sampling_metrics(gathered).items():
             self._metrics[mode][name][-1] = value  # replaces TRL's value
 
@@ -222,23 +209,19 @@ class SOUPTrainer(GRPOTrainer):
     def _prefetch_behavior_samples(self, inputs) -> None:
         """Request the behavior responses of the next relay batches of this refresh window, at most
         ``behavior_prefetch`` generation batches ahead; their prompts are read ahead from the epoch iterator."""
-        prefetcher = self.behavior_prefetcher
-        position = None if prefetcher.lookahead is None else prefetcher.lookahead.position(inputs)
         decode_budget = behavior_decode_budget(self.args.prefix_strategy, self.args)
-        if position is None or decode_budget <= 0:  # not a batch of the epoch iterator, or nothing to sample
+        if decode_budget <= 0:  # nothing to sample
             return
         every = self.args.steps_per_generation * self.num_iterations  # TRL generates when _step % every == 0
         schedule = prefetch_schedule(
             self.generation_batch_index, self.args.behavior_refresh_interval, self.args.behavior_prefetch, every,
             self._step, total=-(-self.state.max_steps * self.args.gradient_accumulation_steps // every),
         )
-        for index, offset in schedule:
-            batch = prefetcher.lookahead.peek(position + offset)
-            if batch is None:
-                break  # end of the epoch
-            if not prefetcher.has(index):
-                prompt_ids, _, _ = self._tokenize_prompts([x["prompt"] for x in batch])
-                prefetcher.submit(index, prompt_ids, decode_budget, current=self.generation_batch_index)
+        self.behavior_prefetcher.request_ahead(inputs, schedule, self._prompt_ids, decode_budget,
+                                               self.generation_batch_index)
+
+    def _prompt_ids(self, batch) -> list[list[int]]:
+        return self._tokenize_prompts([x["prompt"] for x in batch])[0]
 
     def _behavior_samples(self, prompt_ids, decode_budget):
         """The behavior responses of this generation batch: the prefetched ones when they were requested for this
@@ -274,7 +257,7 @@ class SOUPTrainer(GRPOTrainer):
             raise ValueError("SOUPTrainer does not support image prompts in this release.")
 
         def continue_with_policy(requests, max_new_tokens):
-            with self._continuation_budget(max_new_tokens):
+            with generation_budget(self, max_new_tokens):
                 return super(SOUPTrainer, self)._generate_single_turn(requests, None, multimodal_fields, 1,
                                                                       has_tool_images)
 
@@ -289,25 +272,6 @@ class SOUPTrainer(GRPOTrainer):
 
     def _max_over_ranks(self, value: int) -> int:
         return int(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), reduction="max"))
-
-    @contextlib.contextmanager
-    def _continuation_budget(self, max_new_tokens: int):
-        """Temporarily set TRL's generation budget (transformers or vLLM) to `max_new_tokens` tokens."""
-        if self.use_vllm:
-            saved = self.vllm_generation.max_completion_length
-            self.vllm_generation.max_completion_length = max_new_tokens
-            try:
-                yield
-            finally:
-                self.vllm_generation.max_completion_length = saved
-            return
-        saved = self.generation_config.max_new_tokens, self.generation_kwargs.get("max_new_tokens")
-        self.generation_config.max_new_tokens = max_new_tokens
-        self.generation_kwargs["max_new_tokens"] = max_new_tokens
-        try:
-            yield
-        finally:
-            self.generation_config.max_new_tokens, self.generation_kwargs["max_new_tokens"] = saved
 
     # ---------------------------------------------------------------------------------------------- loss
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):

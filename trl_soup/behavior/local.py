@@ -2,7 +2,7 @@
 
 - Full fine-tuning: a second model built fresh from the learner's config and loaded with its weights. It is never a
   ``copy.deepcopy`` of the learner: a model prepared by TRL/accelerate can carry instance-level ``forward`` functions
-  that close over the source model, so a deep copy would silently run the learner's weights (SOUP.md Sec. 4).
+  that close over the source model, so a deep copy would silently run the learner's weights.
 - PEFT: a second adapter named ``"behavior"`` next to the trained one (the same trick TRL uses for its ``"ref"``
   adapter): the base weights are shared, only the adapter is copied.
 

@@ -170,6 +170,20 @@ class BehaviorPrefetcher:
         self.requested.append((current, generation_batch_index))
         return True
 
+    def request_ahead(self, current_batch, schedule: list[tuple[int, int]], tokenize, max_new_tokens: int,
+                      current: int) -> None:
+        """Submit the batches of ``schedule`` (from :func:`prefetch_schedule`), their prompts read through the
+        look-ahead ``offset`` items after ``current_batch``; ``tokenize(batch) -> prompt ids``."""
+        position = None if self.lookahead is None else self.lookahead.position(current_batch)
+        if position is None:  # not a batch of the epoch iterator
+            return
+        for index, offset in schedule:
+            batch = self.lookahead.peek(position + offset)
+            if batch is None:
+                break  # end of the epoch
+            if not self.has(index):
+                self.submit(index, tokenize(batch), max_new_tokens, current=current)
+
     def take(self, generation_batch_index: int, prompt_ids: list[list[int]], max_new_tokens: int):
         """The prefetched samples of this generation batch (waiting for them if still in flight), or None when none
         were requested with these prompt ids and this budget. Entries of earlier batches are dropped."""
