@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny local model, tokenizer and prompt set (nothing is downloaded)."""
+"""Shared fixtures: a tiny local model, tokenizer and prompt set (nothing is downloaded), a SOUPTrainer factory, and
+the `gpu` marker's hook. Helpers that are not fixtures live in tests/testing_utils.py."""
 
 from __future__ import annotations
 
@@ -37,46 +38,56 @@ def prompt_dataset():
     return Dataset.from_dict({"prompt": prompts})
 
 
-def digit_share_reward(prompts, completions, **kwargs):
-    """A cheap dense reward with spread even for a random model: the share of digits in the completion."""
-    return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+@pytest.fixture
+def make_trainer(tokenizer, make_model, prompt_dataset):
+    """Factory for the usual trainer of a test: `make_trainer(args, model=None, trainer_class=SOUPTrainer, **kwargs)`
+    is `trainer_class(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
+    processing_class=tokenizer, **kwargs)`, with a fresh `make_model(seed=0)` for `model=None`; `kwargs` may replace
+    the reward, data set or tokenizer and pass anything else the trainer class takes."""
+    from testing_utils import digit_share_reward
+
+    from trl_soup import SOUPTrainer
+
+    def make(args, model=None, trainer_class=SOUPTrainer, **kwargs):
+        settings = dict(reward_funcs=digit_share_reward, train_dataset=prompt_dataset, processing_class=tokenizer)
+        settings.update(kwargs)
+        return trainer_class(model=make_model(seed=0) if model is None else model, args=args, **settings)
+
+    return make
 
 
-def soup_args(tmp_path, **overrides):
-    from trl_soup import SOUPConfig
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer):
+    """A SOUP relay batch and a GRPOTrainer on the same weights (tests/test_loss.py, test_grpo_options.py,
+    test_old_logps_from_loss.py): `(soup, grpo, batch)`, one per module."""
+    from datasets import Dataset
+    from testing_utils import RecordingTrainer, digit_share_reward, soup_args
+    from trl import GRPOConfig, GRPOTrainer
 
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        use_cpu=True,
-        report_to="none",
-        per_device_train_batch_size=8,
-        num_generations=4,
-        max_completion_length=10,
-        learning_rate=5e-3,
-        temperature=0.8,
-        logging_steps=1,
-        save_strategy="no",
-        seed=0,
-        data_seed=0,
-        bf16=False,
-        disable_tqdm=True,
+    from trl_soup.toy import build_tiny_model
+
+    tmp_path = tmp_path_factory.mktemp("loss")
+    prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)][:32]
+    dataset = Dataset.from_dict({"prompt": prompts})
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3)
+    soup = RecordingTrainer(
+        model=build_tiny_model(tokenizer, seed=0), reward_funcs=digit_share_reward, args=args,
+        train_dataset=dataset, processing_class=tokenizer,
     )
-    defaults.update(overrides)
-    return SOUPConfig(**defaults)
-
-
-def reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
-    """Independent scoring: a plain forward, temperature-scaled log-softmax, gathered at the completion tokens."""
-    with torch.no_grad():
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        logits = logits[:, prompt_ids.size(1) - 1 : -1] / temperature
-        logps = torch.log_softmax(logits, dim=-1)
-        per_token = logps.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
-        probs = logps.exp()
-        entropy = -(probs * logps).sum(-1)
-    return per_token, entropy
+    soup.train()
+    grpo_args = GRPOConfig(**{k: getattr(args, k) for k in (
+        "output_dir", "use_cpu", "report_to", "per_device_train_batch_size", "num_generations", "max_completion_length",
+        "learning_rate", "temperature", "seed", "epsilon", "epsilon_high", "loss_type", "bf16")})
+    grpo_model = build_tiny_model(tokenizer, seed=0)
+    grpo_model.load_state_dict(soup.model.state_dict())
+    grpo = GRPOTrainer(model=grpo_model, reward_funcs=digit_share_reward, args=grpo_args, train_dataset=dataset,
+                       processing_class=tokenizer)
+    grpo.current_gradient_accumulation_steps = soup.current_gradient_accumulation_steps  # set by train() on soup
+    soup.model.train()
+    grpo.model.train()
+    batch = soup.records[1]["batch"]  # a relay batch
+    assert soup.records[1]["relay"] is not None and int(batch["prefix_mask"].sum()) > 0
+    return soup, grpo, batch
 
 
 def pytest_collection_modifyitems(config, items):

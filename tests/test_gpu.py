@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from conftest import digit_share_reward, reference_logps, soup_args
-from trl_soup import SOUPTrainer
+from testing_utils import RecordingTrainer, learner_probe_logps, probe_logps, reference_logps, require_vllm, soup_args
 
 pytestmark = pytest.mark.gpu
 
 
-class RecordingTrainer(SOUPTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        if self.last_relay_record is not None:
-            self.batches.append({k: v.detach().clone() for k, v in output.items() if isinstance(v, torch.Tensor)})
-        return output
-
-
-def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, make_model, make_trainer):
     """In bf16 on CUDA the behavior log-probs of prefix tokens are those of the frozen copy (same dtype, same kernels),
     within bf16 resolution, and the loss stays finite over a few relay windows."""
     model = make_model(seed=0).to(torch.bfloat16)
     args = soup_args(tmp_path, use_cpu=False, bf16=True, behavior_refresh_interval=3, max_steps=6)
-    trainer = RecordingTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                               processing_class=tokenizer)
+    trainer = make_trainer(args, model=model, trainer_class=RecordingTrainer, relay_only=True)
     snapshots = []
     original_refresh = trainer.behavior.refresh
 
@@ -61,19 +46,18 @@ def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, tokenize
                                rtol=0)
 
 
-def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, prompt_dataset):
+@require_vllm
+def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, make_trainer):
     """behavior_refresh_method="nccl": after a refresh the server scores a fixed sequence like the learner."""
-    pytest.importorskip("vllm")
-    from test_vllm_server import learner_probe_logps, probe_logps
-    from trl_soup.toy import save_toy_model
     from vllm_server import start_vllm_server
+
+    from trl_soup.toy import save_toy_model
 
     served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
     with start_vllm_server(served) as url:
         args = soup_args(tmp_path, use_cpu=False, behavior_backend="vllm_server", behavior_server_base_url=url,
                          behavior_refresh_method="nccl", behavior_refresh_interval=2, max_steps=3)
-        trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                              train_dataset=prompt_dataset, processing_class=tokenizer)
+        trainer = make_trainer(args)
         refreshed = []
         original_refresh = trainer.behavior.refresh
 
@@ -94,14 +78,15 @@ def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, promp
         torch.testing.assert_close(served_logps, expected, atol=1e-3, rtol=0)
 
 
-def test_vllm_server_continuations(tmp_path, tokenizer, make_model, prompt_dataset):
+@require_vllm
+def test_vllm_server_continuations(tmp_path, tokenizer, make_model, make_trainer):
     """use_vllm=True, vllm_mode="server": continuations come from a vLLM server (TRL syncs it over NCCL); on relay
     batches every prefix token has importance-sampling ratio exactly 1 and training runs two relay windows."""
-    pytest.importorskip("vllm")
     from urllib.parse import urlparse
 
-    from trl_soup.toy import save_toy_model
     from vllm_server import start_vllm_server
+
+    from trl_soup.toy import save_toy_model
 
     served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
     with start_vllm_server(served) as url:
@@ -109,8 +94,7 @@ def test_vllm_server_continuations(tmp_path, tokenizer, make_model, prompt_datas
         args = soup_args(tmp_path, use_cpu=False, use_vllm=True, vllm_mode="server",
                          vllm_server_base_url=f"http://{address.hostname}:{address.port}",
                          behavior_refresh_interval=3, max_steps=6)
-        trainer = RecordingTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                                   train_dataset=prompt_dataset, processing_class=tokenizer)
+        trainer = make_trainer(args, trainer_class=RecordingTrainer, relay_only=True)
         trainer.train()
     assert len(trainer.batches) == 4  # steps 2, 3, 5, 6
     for batch in trainer.batches:

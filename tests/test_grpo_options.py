@@ -13,10 +13,9 @@ import math
 
 import pytest
 import torch
+from testing_utils import soup_args
 
-from conftest import digit_share_reward, soup_args
-from test_loss import trained  # noqa: F401  (module fixture: a SOUP relay batch and a GRPO trainer on the same weights)
-from trl_soup import SOUPConfig, SOUPTrainer
+from trl_soup import SOUPConfig
 from trl_soup.config import LOSS_TYPES
 from trl_soup.core import mixed_old_per_token_logps, sequence_log_importance_weights
 
@@ -54,7 +53,7 @@ def _set(trainers, **attributes):
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("option", [None, *OPTIONS])
-def test_relay_loss_is_trl_loss_with_the_mixed_denominator(trained, loss_type, option):  # noqa: F811
+def test_relay_loss_is_trl_loss_with_the_mixed_denominator(trained, loss_type, option):
     soup, grpo, batch = trained
     attributes = {"loss_type": loss_type, **(OPTIONS[option] if option else {})}
     if loss_type == "cispo":  # CISPO caps the ratio at epsilon_high (its papers use ~5): 0.28 would cap every token
@@ -75,7 +74,7 @@ def test_relay_loss_is_trl_loss_with_the_mixed_denominator(trained, loss_type, o
     assert (loss - plain).abs() > 1e-7, "the batch cannot tell the mixed denominator from pi_old"
 
 
-def test_sequence_level_dapo_loss_by_hand(trained):  # noqa: F811
+def test_sequence_level_dapo_loss_by_hand(trained):
     """importance_sampling_level="sequence" with dapo: one clipped weight s_i per sequence (geometric mean of the
     Eq. 5 ratios), applied to every token of the sequence, normalised by the tokens of the batch."""
     soup, _, batch = trained
@@ -108,11 +107,10 @@ def test_sequence_level_dapo_loss_by_hand(trained):  # noqa: F811
     dict(cast_lm_head_to_fp32=True),
 ])
 @pytest.mark.parametrize("refresh_interval", [1, 2])
-def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, tokenizer, make_model, prompt_dataset):
+def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, make_trainer):
     """Accepted by SOUPConfig and SOUPTrainer at T = 1 (plain DAPO, as GRPOTrainer) and on relay batches."""
     args = soup_args(tmp_path, behavior_refresh_interval=refresh_interval, max_steps=2, **settings)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = make_trainer(args)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
@@ -120,13 +118,12 @@ def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, tokeni
 
 
 @pytest.mark.parametrize("tied", [False, True])
-def test_cast_lm_head_to_fp32_is_shared_by_the_behavior_copy(tied, tmp_path, tokenizer, make_model, prompt_dataset):
+def test_cast_lm_head_to_fp32_is_shared_by_the_behavior_copy(tied, tmp_path, make_model, make_trainer):
     """A bf16 model with TRL's float32 LM head: the snapshot has the float32 head too, and at identical weights
     (learning_rate=0) the prefix ratio is 1 (within the continuation's |log r| + 1e-6)."""
     model = make_model(seed=0, tie_word_embeddings=tied).to(torch.bfloat16)
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=4, learning_rate=0.0, cast_lm_head_to_fp32=True)
-    trainer = SOUPTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                          processing_class=tokenizer)
+    trainer = make_trainer(args, model=model)
     trainer.train()
     snapshot = trainer.behavior.snapshot
     assert snapshot.get_output_embeddings().weight.dtype == torch.float32

@@ -4,43 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trl import GRPOConfig, GRPOTrainer
+from testing_utils import reference_logps
 
-from conftest import digit_share_reward, reference_logps, soup_args
-from test_relay import RecordingSOUPTrainer
 from trl_soup.core import dapo_token_loss
 
 TOKEN_LEVEL = ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tokenizer):
-    from datasets import Dataset
-
-    from trl_soup.toy import build_tiny_model
-
-    tmp_path = tmp_path_factory.mktemp("loss")
-    prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)][:32]
-    dataset = Dataset.from_dict({"prompt": prompts})
-    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3)
-    soup = RecordingSOUPTrainer(
-        model=build_tiny_model(tokenizer, seed=0), reward_funcs=digit_share_reward, args=args,
-        train_dataset=dataset, processing_class=tokenizer,
-    )
-    soup.train()
-    grpo_args = GRPOConfig(**{k: getattr(args, k) for k in (
-        "output_dir", "use_cpu", "report_to", "per_device_train_batch_size", "num_generations",
-        "max_completion_length", "learning_rate", "temperature", "seed", "epsilon", "epsilon_high", "loss_type", "bf16")})
-    grpo_model = build_tiny_model(tokenizer, seed=0)
-    grpo_model.load_state_dict(soup.model.state_dict())
-    grpo = GRPOTrainer(model=grpo_model, reward_funcs=digit_share_reward, args=grpo_args, train_dataset=dataset,
-                       processing_class=tokenizer)
-    grpo.current_gradient_accumulation_steps = soup.current_gradient_accumulation_steps  # set by train() on soup
-    soup.model.train()
-    grpo.model.train()
-    batch = soup.records[1]["batch"]  # a relay batch
-    assert soup.records[1]["relay"] is not None and int(batch["prefix_mask"].sum()) > 0
-    return soup, grpo, batch
 
 
 def _restore_loss_type(*trainers):

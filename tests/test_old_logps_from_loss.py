@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from testing_utils import RecordingTrainer, reference_logps, soup_args
 
-from conftest import digit_share_reward, reference_logps, soup_args
-from test_loss import trained  # noqa: F401  (module fixture: a trained SOUPTrainer and one relay batch)
-from test_relay import RecordingSOUPTrainer
 from trl_soup.core import mixed_old_per_token_logps
 
 
@@ -25,7 +23,7 @@ def _loss_and_grads(trainer, batch):
     return loss.detach(), grads
 
 
-def test_deferred_denominator_gives_the_explicit_eq5_loss(trained):  # noqa: F811
+def test_deferred_denominator_gives_the_explicit_eq5_loss(trained):
     soup, _, batch = trained
     soup.model.train()
     # pi_old when generation and optimisation are aligned: the learner as it is now, scored independently.
@@ -57,7 +55,7 @@ def test_deferred_denominator_gives_the_explicit_eq5_loss(trained):  # noqa: F81
     assert batch.get("old_per_token_logps") is not None  # the caller's batch is not modified
 
 
-def test_deferred_denominator_equals_eq5_of_the_loss_forward(trained, monkeypatch):  # noqa: F811
+def test_deferred_denominator_equals_eq5_of_the_loss_forward(trained, monkeypatch):
     """The tensor TRL divides by is exactly mixed_old_per_token_logps(prefix, behavior, loss-forward log-probs)."""
     soup, _, batch = trained
     seen = {}
@@ -82,7 +80,7 @@ def test_deferred_denominator_equals_eq5_of_the_loss_forward(trained, monkeypatc
     assert not torch.equal(expected, batch["behavior_per_token_logps"])  # the continuation was filled in
 
 
-class CountingTrainer(RecordingSOUPTrainer):
+class CountingTrainer(RecordingTrainer):
     """Counts the log-prob forwards that are not the loss forward (pi_old and any other scoring pass)."""
 
     def __init__(self, *args, **kwargs):
@@ -102,7 +100,7 @@ class CountingTrainer(RecordingSOUPTrainer):
 
 
 @pytest.mark.parametrize("accumulation", [1, 2])
-def test_runs_with_and_without_the_option_are_the_same(tmp_path, tokenizer, make_model, prompt_dataset, accumulation):
+def test_runs_with_and_without_the_option_are_the_same(tmp_path, make_trainer, accumulation):
     """Same seed, aligned generation (one generation batch split over `accumulation` micro-steps): the same
     trajectories, losses and final weights, with no scoring forward at all when the option is on."""
     runs = {}
@@ -110,8 +108,7 @@ def test_runs_with_and_without_the_option_are_the_same(tmp_path, tokenizer, make
         args = soup_args(tmp_path / str(option), behavior_refresh_interval=3, max_steps=6, prefix_ratio=0.5,
                          per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation,
                          old_logps_from_loss_forward=option)
-        trainer = CountingTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                                  train_dataset=prompt_dataset, processing_class=tokenizer)
+        trainer = make_trainer(args, trainer_class=CountingTrainer)
         trainer.train()
         runs[option] = trainer
     off, on = runs[False], runs[True]
@@ -135,14 +132,13 @@ def test_runs_with_and_without_the_option_are_the_same(tmp_path, tokenizer, make
     (dict(gradient_accumulation_steps=2, per_device_train_batch_size=4), False),  # aligned: the option applies
     ({}, False),
 ])
-def test_option_without_effect_is_reported(tmp_path, tokenizer, make_model, prompt_dataset, settings, warns):
+def test_option_without_effect_is_reported(tmp_path, make_trainer, settings, warns):
     import warnings
 
     args = soup_args(tmp_path, old_logps_from_loss_forward=True, **settings)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        CountingTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                        train_dataset=prompt_dataset, processing_class=tokenizer)
+        make_trainer(args, trainer_class=CountingTrainer)
     messages = [str(w.message) for w in caught if "old_logps_from_loss_forward" in str(w.message)]
     assert bool(messages) == warns, messages
     if warns:

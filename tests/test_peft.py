@@ -7,9 +7,8 @@ import torch
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
+from testing_utils import RecordingTrainer, reference_logps, soup_args  # noqa: E402
 
-from conftest import digit_share_reward, reference_logps, soup_args  # noqa: E402
-from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.local import BEHAVIOR_ADAPTER  # noqa: E402
 
 
@@ -17,33 +16,23 @@ def _lora():
     return LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
 
 
-class RecordingPeftTrainer(SOUPTrainer):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.records = []
+class RecordingPeftTrainer(RecordingTrainer):
+    """Records, besides the batch, the trained adapter in force while it is generated and the behavior one after."""
 
     def _adapter(self, name):
         model = self.accelerator.unwrap_model(self.model)
         return {k: v.detach().clone() for k, v in model.named_parameters() if f".{name}." in k}
 
-    def _generate_and_score_completions(self, inputs):
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        trained_before = self._adapter("default")
-        output = super()._generate_and_score_completions(inputs)
-        self.records.append({
-            "age": age,
-            "trained": trained_before,
-            "behavior": self._adapter(BEHAVIOR_ADAPTER),
-            "batch": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()},
-            "relay": self.last_relay_record,
-        })
-        return output
+    def record_before(self, inputs):
+        return {"trained": self._adapter("default")}
+
+    def record_after(self, record):
+        return {"behavior": self._adapter(BEHAVIOR_ADAPTER)}
 
 
-def test_peft_behavior_adapter(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_peft_behavior_adapter(tmp_path, make_model, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=4, learning_rate=5e-2)
-    trainer = RecordingPeftTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                                   train_dataset=prompt_dataset, processing_class=tokenizer, peft_config=_lora())
+    trainer = make_trainer(args, trainer_class=RecordingPeftTrainer, peft_config=_lora())
     model = trainer.accelerator.unwrap_model(trainer.model)
     assert set(model.peft_config) == {"default", BEHAVIOR_ADAPTER}
     trainer.train()

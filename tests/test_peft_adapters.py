@@ -12,9 +12,8 @@ import torch
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig  # noqa: E402
+from testing_utils import reference_logps, soup_args  # noqa: E402
 
-from conftest import digit_share_reward, reference_logps, soup_args  # noqa: E402
-from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.local import adapter_twin_name  # noqa: E402
 
 ADAPTERS = {
@@ -68,10 +67,9 @@ def test_adapter_twin_name_compares_whole_components():
 
 
 @pytest.mark.parametrize("kind", sorted(ADAPTERS))
-def test_every_trainable_tensor_has_a_refreshed_behavior_twin(kind, tmp_path, tokenizer, make_model, prompt_dataset):
+def test_every_trainable_tensor_has_a_refreshed_behavior_twin(kind, tmp_path, tokenizer, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, learning_rate=5e-2, disable_dropout=False)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer, peft_config=_lora(**ADAPTERS[kind]))
+    trainer = make_trainer(args, peft_config=_lora(**ADAPTERS[kind]))
     learner = trainer.accelerator.unwrap_model(trainer.model)
     trainable = {id(p) for p in learner.parameters() if p.requires_grad}
     assert {id(a) for a, _ in trainer.behavior._pairs} == trainable
@@ -92,14 +90,12 @@ def test_every_trainable_tensor_has_a_refreshed_behavior_twin(kind, tmp_path, to
     assert learner.active_adapter == "default"
 
 
-def test_lora_dropout_leaves_behavior_sampling_exact(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_lora_dropout_leaves_behavior_sampling_exact(tmp_path, make_trainer):
     """learning_rate=0: the behavior copy equals the learner at every relay batch, so with dropout disabled in the
     learner (disable_dropout=True) the prefix ratio is exactly 1, even though the behavior adapter was created with
     lora_dropout=0.3 after TRL disabled dropout."""
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=4, learning_rate=0.0, disable_dropout=True)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer,
-                          peft_config=_lora(**ADAPTERS["lora_dropout"]))
+    trainer = make_trainer(args, peft_config=_lora(**ADAPTERS["lora_dropout"]))
     trainer.train()
     relay = [h for h in trainer.state.log_history if h.get("soup/relay_batch") == 1.0]
     assert len(relay) == 2
@@ -108,14 +104,13 @@ def test_lora_dropout_leaves_behavior_sampling_exact(tmp_path, tokenizer, make_m
         assert h["soup/clip_ratio/prefix"] == 0.0, h
 
 
-def test_full_model_behavior_copy_has_no_dropout(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_full_model_behavior_copy_has_no_dropout(tmp_path, tokenizer, make_model, make_trainer):
     """Full fine-tuning with attention dropout kept on in the learner (disable_dropout=False): behavior samples and
     scores come from the snapshot without dropout, equal to an independent eval-mode forward of its weights."""
     model = make_model(seed=0)
     model.config.attention_dropout = 0.5
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=1, disable_dropout=False)
-    trainer = SOUPTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                          processing_class=tokenizer)
+    trainer = make_trainer(args, model=model)
     trainer.train()
     trainer.model.train()
     snapshot = trainer.behavior.snapshot

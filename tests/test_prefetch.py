@@ -14,12 +14,12 @@ import threading
 
 import pytest
 import torch
+from testing_utils import RecordingTrainer, digit_share_reward, require_vllm, soup_args
+from vllm_server import start_vllm_server
 
-from conftest import digit_share_reward, soup_args
-from trl_soup import SOUPConfig, SOUPTrainer
+from trl_soup import SOUPConfig
 from trl_soup.behavior.prefetch import THREAD_NAME, BehaviorPrefetcher, LookAheadIterator, behavior_sampling_seed
 from trl_soup.toy import build_tiny_model, build_tokenizer, save_toy_model
-from vllm_server import start_vllm_server, vllm_available
 
 # ------------------------------------------------------------------------------------------------ pure pieces
 
@@ -128,12 +128,10 @@ def test_config_refuses_prefetch_with_local_backend(tmp_path):
     assert SOUPConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none").behavior_prefetch == 0
 
 
-def test_local_behavior_stream_is_its_own(tmp_path, make_model, tokenizer, prompt_dataset):
+def test_local_behavior_stream_is_its_own(tmp_path, tokenizer, prompt_dataset, make_trainer):
     """The local copy samples the same responses for a generation batch whatever the global RNG state, and leaves
     that state untouched: the premise that makes prefetched, synchronous and resumed samples equal."""
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward,
-                          args=soup_args(tmp_path, behavior_refresh_interval=4), train_dataset=prompt_dataset,
-                          processing_class=tokenizer)
+    trainer = make_trainer(soup_args(tmp_path, behavior_refresh_interval=4))
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_dataset["prompt"][:8]]
     torch.manual_seed(1)
     first = trainer.behavior.sample(prompts, 10, generation_batch_index=3)
@@ -149,9 +147,6 @@ def test_local_behavior_stream_is_its_own(tmp_path, make_model, tokenizer, promp
 
 # ------------------------------------------------------------------------------------------------ vLLM server runs
 
-needs_server = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tokenizer = build_tokenizer()
@@ -161,30 +156,21 @@ def server(tmp_path_factory):
         yield url
 
 
-class RecordingTrainer(SOUPTrainer):
-    """Keeps every generation batch's trajectories and SOUP fields."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
-
-    def _generate_and_score_completions(self, inputs):
-        index = self.generation_batch_index
-        output = super()._generate_and_score_completions(inputs)
-        keys = ("prompt_ids", "completion_ids", "completion_mask", "prefix_mask", "behavior_per_token_logps",
-                "old_per_token_logps", "advantages")
-        self.batches.append({"index": index, **{k: output[k].clone() for k in keys if output.get(k) is not None}})
-        return output
+# The trajectories and SOUP fields each generation batch is compared on.
+BATCH_KEYS = ("prompt_ids", "completion_ids", "completion_mask", "prefix_mask", "behavior_per_token_logps",
+              "old_per_token_logps", "advantages")
 
 
-def _train(tmp_path, name, url, dataset, resume=None, **overrides):
-    tokenizer = build_tokenizer()
+def _server_settings(tmp_path, url, **overrides):
     settings = dict(behavior_backend="vllm_server", behavior_server_base_url=str(url), behavior_refresh_interval=4,
-                    max_steps=6, behavior_refresh_dir=str(tmp_path / name / "refresh"))
+                    max_steps=6, behavior_refresh_dir=str(tmp_path / "refresh"))
     settings.update(overrides)
-    trainer = RecordingTrainer(model=build_tiny_model(tokenizer, seed=0), reward_funcs=digit_share_reward,
-                               args=soup_args(tmp_path / name, **settings), train_dataset=dataset,
-                               processing_class=tokenizer)
+    return settings
+
+
+def _train(tmp_path, name, url, make_trainer, resume=None, **overrides):
+    args = soup_args(tmp_path / name, **_server_settings(tmp_path / name, url, **overrides))
+    trainer = make_trainer(args, trainer_class=RecordingTrainer, batch_keys=BATCH_KEYS)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
 
@@ -194,23 +180,24 @@ def _logged(trainer, key):
 
 
 def _assert_same_batches(got, expected):
-    assert [b["index"] for b in got] == [b["index"] for b in expected]
+    """The same generation batches (records of RecordingTrainer), with the same BATCH_KEYS tensors."""
+    assert [r["index"] for r in got] == [r["index"] for r in expected]
     for a, b in zip(got, expected, strict=True):
-        assert a.keys() == b.keys()
-        for key in a:
-            if key != "index":
-                torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"batch {a['index']}: {key}")
+        assert a["batch"].keys() == b["batch"].keys()
+        for key in a["batch"]:
+            torch.testing.assert_close(a["batch"][key], b["batch"][key], rtol=0, atol=0,
+                                       msg=f"batch {a['index']}: {key}")
 
 
-@needs_server
+@require_vllm
 @pytest.mark.slow
 @pytest.mark.parametrize("ahead", [1, 3])
-def test_prefetch_changes_no_sample(tmp_path, server, prompt_dataset, ahead):
+def test_prefetch_changes_no_sample(tmp_path, server, make_trainer, ahead):
     # T = 4, 6 generation batches: windows {0 (refresh), 1, 2, 3} and {4 (refresh), 5}.
-    baseline = _train(tmp_path, "plain", server, prompt_dataset)
-    prefetched = _train(tmp_path, "prefetch", server, prompt_dataset, behavior_prefetch=ahead)
+    baseline = _train(tmp_path, "plain", server, make_trainer)
+    prefetched = _train(tmp_path, "prefetch", server, make_trainer, behavior_prefetch=ahead)
 
-    _assert_same_batches(prefetched.batches, baseline.batches)
+    _assert_same_batches(prefetched.records, baseline.records)
     for key in ("loss", "reward", "soup/log_ratio/prefix_abs_mean"):
         assert _logged(prefetched, key) == _logged(baseline, key), key
     assert any(b["prefix_mask"].any() for b in prefetched.batches)  # relay batches really were sampled
@@ -226,17 +213,17 @@ def test_prefetch_changes_no_sample(tmp_path, server, prompt_dataset, ahead):
     assert "soup/behavior_prefetch_hit" not in str(baseline.state.log_history)
 
 
-@needs_server
+@require_vllm
 @pytest.mark.slow
-def test_resume_with_prefetch_regenerates_identically(tmp_path, server, prompt_dataset):
+def test_resume_with_prefetch_regenerates_identically(tmp_path, server, make_trainer):
     # The checkpoint at step 2 is mid-window: batches 2 and 3 were already requested (ahead=2) when it was written.
     # The queue is not saved; after resuming they are requested again and must come out the same.
     save = dict(save_strategy="steps", save_steps=2, max_steps=4, behavior_prefetch=2)
-    full = _train(tmp_path, "full", server, prompt_dataset, **save)
+    full = _train(tmp_path, "full", server, make_trainer, **save)
     assert (1, 3) in full.behavior_prefetcher.requested or (0, 2) in full.behavior_prefetcher.requested
     checkpoint = os.path.join(full.args.output_dir, "checkpoint-2")
-    resumed = _train(tmp_path, "resumed", server, prompt_dataset, resume=checkpoint, **save)
-    _assert_same_batches(resumed.batches, [b for b in full.batches if b["index"] >= 2])
+    resumed = _train(tmp_path, "resumed", server, make_trainer, resume=checkpoint, **save)
+    _assert_same_batches(resumed.records, [r for r in full.records if r["index"] >= 2])
     for key in ("loss", "reward"):
         expected, got = _logged(full, key), _logged(resumed, key)
         assert {3, 4} <= set(got)
@@ -244,9 +231,9 @@ def test_resume_with_prefetch_regenerates_identically(tmp_path, server, prompt_d
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (key, step)
 
 
-@needs_server
+@require_vllm
 @pytest.mark.slow
-def test_no_prefetch_thread_outlives_train(tmp_path, server, prompt_dataset):
+def test_no_prefetch_thread_outlives_train(tmp_path, server, make_trainer):
     """train() closes the prefetcher when it returns and when it raises (here: a reward function failing at the third
     generation batch, while later batches of the window are already requested)."""
     calls = []
@@ -257,12 +244,8 @@ def test_no_prefetch_thread_outlives_train(tmp_path, server, prompt_dataset):
             raise RuntimeError("reward service down")
         return digit_share_reward(prompts, completions)
 
-    tokenizer = build_tokenizer()
-    settings = dict(behavior_backend="vllm_server", behavior_server_base_url=str(server), behavior_refresh_interval=4,
-                    max_steps=6, behavior_refresh_dir=str(tmp_path / "refresh"), behavior_prefetch=2)
-    trainer = SOUPTrainer(model=build_tiny_model(tokenizer, seed=0), reward_funcs=failing_reward,
-                          args=soup_args(tmp_path, **settings), train_dataset=prompt_dataset,
-                          processing_class=tokenizer)
+    args = soup_args(tmp_path, **_server_settings(tmp_path, server, behavior_prefetch=2))
+    trainer = make_trainer(args, reward_funcs=failing_reward)
     with pytest.raises(RuntimeError, match="reward service down"):
         trainer.train()
     assert trainer.behavior_prefetcher.requested  # requests were made before the failure

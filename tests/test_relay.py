@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from testing_utils import RecordingTrainer, reference_logps, soup_args
 
-from conftest import digit_share_reward, reference_logps, soup_args
-from trl_soup import SOUPTrainer, register_prefix_strategy
+from trl_soup import register_prefix_strategy
 from trl_soup.core import truncate_by_ratio
 from trl_soup.truncation import _PREFIX_STRATEGIES
 
@@ -17,28 +17,15 @@ def _clone_state(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-class RecordingSOUPTrainer(SOUPTrainer):
-    """Records, for every generation batch, the learner and snapshot weights in force and the batch produced."""
+class SnapshotRecordingTrainer(RecordingTrainer):
+    """Records, besides the batch, the learner weights in force while it is generated and the snapshot after it."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.records = []
+    def record_before(self, inputs):
+        return {"learner": _clone_state(self.accelerator.unwrap_model(self.model))}
 
-    def _generate_and_score_completions(self, inputs):
-        learner = _clone_state(self.accelerator.unwrap_model(self.model))
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        output = super()._generate_and_score_completions(inputs)
-        snapshot = None if self.behavior is None or self.behavior.snapshot is None else _clone_state(self.behavior.snapshot)
-        self.records.append(
-            {
-                "age": age,
-                "learner": learner,
-                "snapshot": snapshot,
-                "batch": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()},
-                "relay": self.last_relay_record,
-            }
-        )
-        return output
+    def record_after(self, record):
+        behavior = self.behavior
+        return {"snapshot": None if behavior is None or behavior.snapshot is None else _clone_state(behavior.snapshot)}
 
 
 def _model_with(make_model, state):
@@ -49,12 +36,9 @@ def _model_with(make_model, state):
 
 
 @pytest.fixture
-def relay_run(tmp_path, tokenizer, make_model, prompt_dataset):
+def relay_run(tmp_path, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=3, max_steps=7, prefix_ratio=0.5)
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, trainer_class=SnapshotRecordingTrainer)
     trainer.train()
     return trainer
 
@@ -135,12 +119,9 @@ def test_behavior_and_old_logps_are_exact(relay_run, make_model):
 
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0])
-def test_ratio_limits(tmp_path, tokenizer, make_model, prompt_dataset, ratio):
+def test_ratio_limits(tmp_path, ratio, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, prefix_ratio=ratio, max_completion_length=6)
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, trainer_class=RecordingTrainer)
     trainer.train()
     relay_record = trainer.records[1]
     assert relay_record["relay"] is not None
@@ -158,14 +139,11 @@ def test_ratio_limits(tmp_path, tokenizer, make_model, prompt_dataset, ratio):
         assert torch.equal(batch["prefix_mask"], batch["completion_mask"].long())
 
 
-def test_entropy_truncation_cuts_before_a_top_k_behavior_token(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_entropy_truncation_cuts_before_a_top_k_behavior_token(tmp_path, tokenizer, make_model, make_trainer):
     args = soup_args(
         tmp_path, behavior_refresh_interval=2, max_steps=2, prefix_strategy="entropy", prefix_entropy_top_k=2
     )
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, trainer_class=SnapshotRecordingTrainer)
     trainer.train()
     record = trainer.records[1]
     batch, relay = record["batch"], record["relay"]
@@ -180,17 +158,14 @@ def test_entropy_truncation_cuts_before_a_top_k_behavior_token(tmp_path, tokeniz
         assert int(relay.prefix_lengths[i]) in top
 
 
-def test_registered_strategy_is_used(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_registered_strategy_is_used(tmp_path, make_trainer):
     @register_prefix_strategy("first_two_tokens")
     def first_two(completion_ids, logps, entropies, mask, generator, args):
         return torch.clamp(mask.sum(1), max=2)
 
     try:
         args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, prefix_strategy="first_two_tokens")
-        trainer = RecordingSOUPTrainer(
-            model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-            processing_class=tokenizer,
-        )
+        trainer = make_trainer(args, trainer_class=RecordingTrainer)
         trainer.train()
         lengths = [len(x) for x in trainer.records[1]["relay"].behavior_completion_ids]
         assert trainer.records[1]["batch"]["prefix_mask"].sum(1).tolist() == [min(2, n) for n in lengths]
@@ -198,12 +173,9 @@ def test_registered_strategy_is_used(tmp_path, tokenizer, make_model, prompt_dat
         _PREFIX_STRATEGIES.pop("first_two_tokens", None)
 
 
-def test_refresh_interval_one_is_plain_dapo(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_refresh_interval_one_is_plain_dapo(tmp_path, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=1, max_steps=2)
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, trainer_class=RecordingTrainer)
     trainer.train()
     assert trainer.behavior is None  # no second copy is built for T = 1
     assert all(r["relay"] is None and int(r["batch"]["prefix_mask"].sum()) == 0 for r in trainer.records)
@@ -221,14 +193,12 @@ def test_segment_metrics_logged(relay_run):
         assert h["soup/log_ratio/prefix_abs_mean"] > 0
 
 
-def test_tied_embeddings_snapshot(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_tied_embeddings_snapshot(tmp_path, make_model, make_trainer):
     """A model whose output head is tied to its input embedding (small Qwen2.5 models): the copy stays tied, owns
     its own storage, and scores exactly like the snapshot it recorded."""
     args = soup_args(tmp_path, behavior_refresh_interval=3, max_steps=3)
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0, tie_word_embeddings=True), reward_funcs=digit_share_reward, args=args,
-        train_dataset=prompt_dataset, processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, model=make_model(seed=0, tie_word_embeddings=True),
+                           trainer_class=SnapshotRecordingTrainer)
     trainer.train()
     snapshot = trainer.behavior.snapshot
     learner = trainer.accelerator.unwrap_model(trainer.model)
@@ -248,15 +218,12 @@ def test_tied_embeddings_snapshot(tmp_path, tokenizer, make_model, prompt_datase
 
 
 @pytest.mark.parametrize("budget", [3, None])
-def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, make_model, prompt_dataset, budget):
+def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, make_model, budget, make_trainer):
     """Paper Appendix C: the behavior copy decodes at most the budget, all of it is kept, the policy continues."""
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, prefix_strategy="fixed_budget",
                      prefix_budget=budget, prefix_ratio=0.4, max_completion_length=10)
     expected_budget = 3 if budget is not None else 4  # round(0.4 * 10)
-    trainer = RecordingSOUPTrainer(
-        model=make_model(seed=0), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-        processing_class=tokenizer,
-    )
+    trainer = make_trainer(args, trainer_class=SnapshotRecordingTrainer)
     trainer.train()
     record = trainer.records[1]
     relay, batch = record["relay"], record["batch"]
@@ -280,10 +247,9 @@ def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, mak
 
 
 @pytest.mark.parametrize("enabled", [True, False])
-def test_position_statistics_switch(tmp_path, tokenizer, make_model, prompt_dataset, enabled):
+def test_position_statistics_switch(tmp_path, enabled, make_trainer):
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, log_position_statistics=enabled)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = make_trainer(args)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
     keys = {k for h in logs for k in h if k.startswith("soup/position/")}
@@ -300,7 +266,7 @@ def test_position_statistics_switch(tmp_path, tokenizer, make_model, prompt_data
 
 
 @pytest.mark.parametrize("peft", [False, True])
-def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model, prompt_dataset, peft):
+def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, peft, make_trainer):
     """The local backend reads behavior log-probs and entropies from generate's own forward passes; they equal a
     separate scoring forward of the sampled responses (left-padded prompts of unequal lengths, EOS mid-batch)."""
     kwargs = {}
@@ -310,8 +276,7 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model,
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                                            task_type="CAUSAL_LM")
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer, **kwargs)
+    trainer = make_trainer(args, **kwargs)
     behavior = trainer.behavior
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("1+2=", "copy:123=", "9", "45+6=")]
     samples = behavior.sample(prompts, 12, generation_batch_index=1)
@@ -327,7 +292,7 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, make_model,
 
 
 @pytest.mark.parametrize("peft", [False, True])
-def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, make_model, prompt_dataset, monkeypatch, peft):
+def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, monkeypatch, peft, make_trainer):
     """The behavior copy prefills each distinct prompt once and expands its KV cache to the rows that repeat it: the
     same tokens, log-probs and entropies as a prefill of every row (same seed), from a first forward over the distinct
     prompts only."""
@@ -340,8 +305,7 @@ def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, make_model
         kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
                                            task_type="CAUSAL_LM")
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12, temperature=1.5)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer, **kwargs)
+    trainer = make_trainer(args, **kwargs)
     behavior = trainer.behavior
     texts = ["1+2=", "copy:123=", "1+2=", "9", "copy:123=", "1+2=", "45+6=", "9"]  # 4 distinct, unequal lengths
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
@@ -399,12 +363,11 @@ def test_shared_prompt_rows():
     assert shared_prompt_rows(torch.tensor([[0, 4], [0, 4]]), torch.tensor([[0, 1], [1, 1]])) is None
 
 
-def test_snapshot_follows_the_learner_dtype(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_snapshot_follows_the_learner_dtype(tmp_path, tokenizer, make_trainer):
     """DeepSpeed bf16 casts the learner when training starts, after the behavior copy was built: the next refresh
     casts the copy too (same precision, no float32 copy kept next to a bf16 learner) and copies the weights exactly."""
     args = soup_args(tmp_path, behavior_refresh_interval=2)
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=digit_share_reward, args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = make_trainer(args)
     snapshot = trainer.behavior.snapshot
     assert next(snapshot.parameters()).dtype == torch.float32
     learner = trainer.accelerator.unwrap_model(trainer.model).to(torch.bfloat16)

@@ -10,9 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from testing_utils import soup_args
 
-from conftest import digit_share_reward, soup_args
-from trl_soup import SOUPTrainer
 from trl_soup.behavior.server_client import BehaviorServerClient, BehaviorServerError
 
 
@@ -82,14 +81,13 @@ def test_bounded_retries_then_clear_error():
         assert server.calls == 3  # 1 try + 2 retries, not more
 
 
-def test_trainer_refuses_unreachable_behavior_server(tmp_path, tokenizer, make_model, prompt_dataset):
+def test_trainer_refuses_unreachable_behavior_server(tmp_path, make_trainer):
     port = _free_port()
     args = soup_args(tmp_path, behavior_backend="vllm_server", behavior_server_port=port, behavior_server_timeout=2.0,
                      max_steps=1)
     start = time.monotonic()
     with pytest.raises(BehaviorServerError, match=f"127.0.0.1:{port}"):
-        SOUPTrainer(model=make_model(), reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                    processing_class=tokenizer)
+        make_trainer(args)
     assert time.monotonic() - start < 30
 
 

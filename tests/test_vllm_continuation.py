@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from launch import accelerate_launch
+from testing_utils import require_vllm
+from vllm_server import GiB, kv_cache_bytes
+
 from trl_soup.core import continuation_importance_sampling_ratio
-from vllm_server import GiB, kv_cache_bytes, vllm_available
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "vllm_colocate_train.py"
@@ -34,8 +35,6 @@ def test_continuation_ratio_is_one_on_prefix():
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    if not vllm_available():
-        pytest.skip("vLLM is not installed")
     # One engine per rank; VLLM_CPU_KVCACHE_SPACE takes whole GiB, so 1 GiB each if that is free, else a skip.
     kv_gib = kv_cache_bytes(WORLD_SIZE, preferred=GiB, minimum=GiB, step=GiB) // GiB
     out = tmp_path_factory.mktemp("vllm_colocate")
@@ -56,6 +55,7 @@ def relay_rows(batch):
 
 
 
+@require_vllm
 @pytest.mark.slow
 def test_schedule_and_weight_sync(ranks):
     for result in ranks:
@@ -84,6 +84,7 @@ def test_schedule_and_weight_sync(ranks):
     assert mismatch < 0.05
 
 
+@require_vllm
 @pytest.mark.slow
 def test_one_request_per_row_with_its_budget(ranks):
     for step in range(MAX_STEPS):
@@ -121,6 +122,7 @@ def expected_sequence_ratio(out, clip_min, clip_max):
     return torch.where((ratio < low) | (ratio > high), torch.zeros_like(ratio), ratio), continuation
 
 
+@require_vllm
 @pytest.mark.slow
 def test_prefix_tokens_are_neutral_in_the_vllm_correction(ranks):
     settings = ranks[0]["args"]

@@ -10,18 +10,23 @@ import os
 
 import pytest
 import torch
+from testing_utils import (
+    RecordingTrainer,
+    learner_probe_logps,
+    probe_logps,
+    reference_logps,
+    require_vllm,
+    soup_args,
+)
+from vllm_server import start_vllm_server
 
-from conftest import digit_share_reward, reference_logps, soup_args
-from trl_soup import SOUPTrainer
 from trl_soup.behavior.server_client import BehaviorServerClient, BehaviorServerError
 from trl_soup.behavior.vllm_server import save_for_server
 from trl_soup.toy import build_tiny_model, build_tokenizer, save_toy_model
-from vllm_server import start_vllm_server, vllm_available
 
-pytestmark = [pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed"), pytest.mark.slow]
+pytestmark = [require_vllm, pytest.mark.slow]
 
 TOLERANCE = 1e-4  # server vs transformers log-probs in float32; measured 1e-6 to 1e-5 (docs/vllm_cpu_notes.md)
-PROBE = "copy:31415926=31415926"
 
 
 @pytest.fixture(scope="module")
@@ -46,52 +51,28 @@ def tied_server(served):
         yield url
 
 
-def probe_logps(url, tokenizer, model_name):
-    """log-probs (temperature 1) the server gives to the tokens of a fixed sequence."""
-    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-    client = BehaviorServerClient(url)
-    choice = client.complete({"model": model_name, "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0,
-                              "temperature": 1.0})[0]
-    return torch.tensor([entry[str(token)]["logprob"] for entry, token in zip(choice["prompt_logprobs"][1:], ids[1:])])
+class ServerRecordingTrainer(RecordingTrainer):
+    """Records, besides the batch, the server's probe log-probs, the learner and a re-sample of row 0 with its seed."""
 
+    def record_before(self, inputs):
+        return {"row0_seed": self.behavior._row_seeds(len(inputs))[0]}  # the seed row 0 gets in this generation batch
 
-def learner_probe_logps(model, tokenizer):
-    ids = torch.tensor([tokenizer(PROBE, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits.float()
-    return torch.log_softmax(logits[0, :-1], -1).gather(-1, ids[0, 1:].unsqueeze(-1)).squeeze(-1)
-
-
-class ServerRecordingTrainer(SOUPTrainer):
-    """Records every generation batch, the server's probe log-probs and a re-sample of row 0 with its seed."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.records = []
-
-    def _generate_and_score_completions(self, inputs):
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        seed = self.behavior._row_seeds(len(inputs))[0]  # the seed row 0 gets in this generation batch
-        output = super()._generate_and_score_completions(inputs)
+    def record_after(self, record):
         learner = self.accelerator.unwrap_model(self.model)
-        record = {
-            "age": age,
-            "batch": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()},
-            "relay": self.last_relay_record,
+        extra = {
             "server_probe": probe_logps(self.behavior.base_url, self._tokenizer, self.behavior.model_name),
             "learner_state": {k: v.detach().clone() for k, v in learner.state_dict().items()},
         }
-        if self.last_relay_record is not None:
+        if record["relay"] is not None:
             # The behavior response of row 0 is what the server samples for that prompt and seed.
-            prompt = output["prompt_ids"][0][output["prompt_mask"][0].bool()].tolist()
-            again = self.behavior.client.complete({
-                "model": self.behavior.model_name, "prompt": prompt, "seed": seed, "n": 1,
+            batch = record["batch"]
+            prompt = batch["prompt_ids"][0][batch["prompt_mask"][0].bool()].tolist()
+            extra["resampled_row0"] = self.behavior.client.complete({
+                "model": self.behavior.model_name, "prompt": prompt, "seed": record["row0_seed"], "n": 1,
                 "max_tokens": self.max_completion_length, "temperature": self.temperature, "top_k": -1,
                 "stop_token_ids": list(self.eos_token_ids), "return_token_ids": True,
             })[0]["token_ids"]
-            record["resampled_row0"] = again
-        self.records.append(record)
-        return output
+        return extra
 
 
 def _check_relay_run(trainer, tokenizer, make_learner):
@@ -133,44 +114,38 @@ def _server_args(tmp_path, url, **overrides):
     return soup_args(tmp_path, **settings)
 
 
-def test_disk_refresh_relay_full_model(tmp_path, server, prompt_dataset):
-    tokenizer = build_tokenizer()
+def test_disk_refresh_relay_full_model(tmp_path, tokenizer, server, make_trainer):
 
     def make_learner(state):
         model = build_tiny_model(tokenizer, seed=7)
         model.load_state_dict(state)
         return model.eval()
 
-    trainer = ServerRecordingTrainer(model=build_tiny_model(tokenizer, seed=0), reward_funcs=digit_share_reward,
-                                     args=_server_args(tmp_path, server, max_steps=6), train_dataset=prompt_dataset,
-                                     processing_class=tokenizer)
+    trainer = make_trainer(_server_args(tmp_path, server, max_steps=6), trainer_class=ServerRecordingTrainer)
     trainer.train()
     _check_relay_run(trainer, tokenizer, make_learner)
     refresh_times = [h["soup/refresh_time"] for h in trainer.state.log_history if "soup/refresh_time" in h]
     assert len(refresh_times) == 3 and all(t > 0 for t in refresh_times)
 
 
-def test_disk_refresh_tied_model(tmp_path, tied_server, prompt_dataset):
+def test_disk_refresh_tied_model(tmp_path, tokenizer, tied_server, make_trainer):
     """The server starts from a tied checkpoint: every refresh must update its output head too."""
-    tokenizer = build_tokenizer()
 
     def make_learner(state):
         model = build_tiny_model(tokenizer, seed=7, tie_word_embeddings=True)
         model.load_state_dict(state)
         return model.eval()
 
-    trainer = ServerRecordingTrainer(
-        model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True), reward_funcs=digit_share_reward,
-        args=_server_args(tmp_path, tied_server), train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = make_trainer(_server_args(tmp_path, tied_server), trainer_class=ServerRecordingTrainer,
+                           model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True))
     trainer.train()
     _check_relay_run(trainer, tokenizer, make_learner)
     assert "ParallelLMHead: Failed to load weights" not in tied_server.log()
 
 
 @pytest.mark.parametrize("method", ["lora", "disk"])
-def test_peft_relay(tmp_path, server, prompt_dataset, method):
+def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
     peft = pytest.importorskip("peft")
-    tokenizer = build_tokenizer()
     base = build_tiny_model(tokenizer, seed=0)
     # The server's base weights must be the learner's base (an earlier test may have reloaded others).
     BehaviorServerClient(str(server)).reload_weights(save_for_server(base, str(tmp_path / "base")))
@@ -182,22 +157,18 @@ def test_peft_relay(tmp_path, server, prompt_dataset, method):
         model.load_state_dict(state)
         return model.eval()
 
-    trainer = ServerRecordingTrainer(model=base, reward_funcs=digit_share_reward,
-                                     args=_server_args(tmp_path, server, behavior_refresh_method=method,
-                                                       learning_rate=5e-2),
-                                     train_dataset=prompt_dataset, processing_class=tokenizer, peft_config=lora)
+    args = _server_args(tmp_path, server, behavior_refresh_method=method, learning_rate=5e-2)
+    trainer = make_trainer(args, model=base, trainer_class=ServerRecordingTrainer, peft_config=lora)
     trainer.train()
     if method == "lora":
         assert trainer.behavior.model_name.startswith("soup-behavior-")
     _check_relay_run(trainer, tokenizer, make_learner)
 
 
-def test_wrong_model_is_refused(tmp_path, server, prompt_dataset):
-    tokenizer = build_tokenizer()
+def test_wrong_model_is_refused(tmp_path, tokenizer, server, make_trainer):
     deeper = build_tiny_model(tokenizer, seed=0, num_layers=3)
     with pytest.raises(ValueError, match="num_hidden_layers"):
-        SOUPTrainer(model=deeper, reward_funcs=digit_share_reward, args=_server_args(tmp_path, server),
-                    train_dataset=prompt_dataset, processing_class=tokenizer)
+        make_trainer(_server_args(tmp_path, server), model=deeper)
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -210,11 +181,10 @@ def test_wrong_model_is_refused(tmp_path, server, prompt_dataset):
     other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
     model = build_tiny_model(other, seed=0)
     with pytest.raises(ValueError, match="tokenizer differs"):
-        SOUPTrainer(model=model, reward_funcs=digit_share_reward, args=_server_args(tmp_path, server),
-                    train_dataset=prompt_dataset, processing_class=other)
+        make_trainer(_server_args(tmp_path, server), model=model, processing_class=other)
 
 
-def test_server_death_mid_run(tmp_path, tied_server, prompt_dataset):
+def test_server_death_mid_run(tmp_path, tokenizer, tied_server, make_trainer):
     """Runs last in this module (it kills the tied server): bounded retries, a clear error, a loadable checkpoint."""
     from transformers import AutoModelForCausalLM, TrainerCallback
 
@@ -223,12 +193,10 @@ def test_server_death_mid_run(tmp_path, tied_server, prompt_dataset):
             if state.global_step == 3:
                 tied_server.kill()
 
-    tokenizer = build_tokenizer()
     args = _server_args(tmp_path, tied_server, max_steps=6, save_strategy="steps", save_steps=1,
                         behavior_server_max_retries=2)
-    trainer = SOUPTrainer(model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True),
-                          reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                          processing_class=tokenizer, callbacks=[KillAtStep()])
+    trainer = make_trainer(args, model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True),
+                           callbacks=[KillAtStep()])
     with pytest.raises(BehaviorServerError, match=str(tied_server).replace(".", r"\.")):
         trainer.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-3")
@@ -309,19 +277,6 @@ def test_check_sampling_settings():
         check_sampling_settings(settings(behavior_backend="local", temperature=0.7, **{name: value}))
 
 
-class ServerLogRatioTrainer(SOUPTrainer):
-    """Keeps every generation batch as it reaches the loss."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
-
-    def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
-        self.batches.append({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()})
-        return output
-
-
 def _fresh_copy(model, tokenizer):
     """A plain model with ``model``'s weights (the trainer patches its own learner's forward)."""
     copy = build_tiny_model(tokenizer, seed=11)
@@ -337,16 +292,15 @@ def _unfiltered_logps(model, prompt, ids):
 
 
 @pytest.mark.parametrize("filters", FILTERS)
-def test_filtered_sampling_returns_unfiltered_logps(tmp_path, server, prompt_dataset, filters):
+def test_filtered_sampling_returns_unfiltered_logps(tmp_path, tokenizer, server, prompt_dataset, make_trainer,
+                                                    filters):
     """With sampling filters on, the backend's log-probs and entropies are those of the unfiltered softmax of the
     behavior weights (an independent transformers forward of the same weights), while the tokens follow the filters."""
     from trl_soup.core import entropy_from_top_logprobs
 
-    tokenizer = build_tokenizer()
     learner = build_tiny_model(tokenizer, seed=3)
     args = _server_args(tmp_path, server, learning_rate=0.0, temperature=1.0, max_completion_length=24, **filters)
-    trainer = SOUPTrainer(model=learner, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
-                          processing_class=tokenizer)
+    trainer = make_trainer(args, model=learner)
     backend = trainer.behavior
     backend.refresh()  # the server now holds the learner's weights
     prompts = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompt_dataset["prompt"][:8]]
@@ -382,15 +336,13 @@ def test_filtered_sampling_returns_unfiltered_logps(tmp_path, server, prompt_dat
         assert torch.cat(log_kept_mass).mean().item() < -0.05
 
 
-def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, server, prompt_dataset):
+def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, tokenizer, server, make_trainer):
     """A relay run at identical weights (learning rate 0, the behavior refreshed to the learner) with top_p=0.9,
     top_k=20: the prefix log-ratio log pi_theta - log pi_behavior that enters the loss is 0."""
-    tokenizer = build_tokenizer()
     learner = build_tiny_model(tokenizer, seed=3)
     args = _server_args(tmp_path, server, learning_rate=0.0, temperature=1.0, top_p=0.9, top_k=20, max_steps=2,
                         prefix_strategy="entropy", prefix_entropy_top_k=4)
-    trainer = ServerLogRatioTrainer(model=learner, reward_funcs=digit_share_reward, args=args,
-                                    train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = make_trainer(args, model=learner, trainer_class=RecordingTrainer)
     trainer.train()
     relay = trainer.batches[1]  # batch 0 is on-policy (right after the refresh), batch 1 a relay batch
     prefix = relay["prefix_mask"].bool()

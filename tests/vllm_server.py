@@ -2,10 +2,10 @@
 
 Not a test file (pytest does not collect it). Tests use it like this::
 
-    import pytest
-    from vllm_server import start_vllm_server, vllm_available
+    from testing_utils import require_vllm
+    from vllm_server import start_vllm_server
 
-    pytestmark = pytest.mark.skipif(not vllm_available(), reason="vLLM is not installed")
+    pytestmark = require_vllm  # the one vLLM marker (tests/testing_utils.py), built on `vllm_available`
 
     def test_something(tmp_path):
         model_dir = save_toy_model(tmp_path / "model", ...)
