@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from vllm_server import skip_if_kv_cache_refused
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,3 +55,14 @@ def launch_for_result(config: str, script: Path, out: Path, *, timeout: int, wha
     if rank_paths:
         result["ranks"] = [json.loads(path.read_text()) for path in rank_paths]
     return result
+
+
+def check_ranks(result: dict, world_size: int, distributed_type: str) -> list[dict]:
+    """Asserts that `result` (from `launch_for_result`) holds one report per rank, in rank order, each from a run of
+    `world_size` processes of accelerate's `distributed_type` (e.g. "MULTI_CPU"); returns the reports."""
+    ranks = result["ranks"]
+    assert [r["rank"] for r in ranks] == list(range(world_size))
+    for r in ranks:
+        assert r["world_size"] == world_size
+        assert r["distributed_type"] == f"DistributedType.{distributed_type}"
+    return ranks

@@ -11,8 +11,7 @@ import math
 from pathlib import Path
 
 import pytest
-
-from launch import launch_for_result
+from launch import check_ranks, launch_for_result
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "tests" / "scripts" / "ddp_train.py"
@@ -37,11 +36,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_gloo_processes(ddp_result):
-    ranks = ddp_result["ranks"]
-    assert [r["rank"] for r in ranks] == list(range(WORLD_SIZE))
-    for r in ranks:
-        assert r["world_size"] == WORLD_SIZE
-        assert r["distributed_type"] == "DistributedType.MULTI_CPU"
+    for r in check_ranks(ddp_result, WORLD_SIZE, "MULTI_CPU"):
         assert r["backend"] == "gloo"
 
 

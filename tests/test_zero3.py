@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from launch import launch_for_result
+from launch import check_ranks, launch_for_result
 
 pytest.importorskip("deepspeed")
 
@@ -31,11 +30,7 @@ def zero3_result(tmp_path_factory):
 
 
 def test_two_deepspeed_zero3_processes(zero3_result):
-    ranks = zero3_result["ranks"]
-    assert [r["rank"] for r in ranks] == list(range(WORLD_SIZE))
-    for r in ranks:
-        assert r["world_size"] == WORLD_SIZE
-        assert r["distributed_type"] == "DistributedType.DEEPSPEED"
+    for r in check_ranks(zero3_result, WORLD_SIZE, "DEEPSPEED"):
         assert r["zero_stage"] == 3
 
 

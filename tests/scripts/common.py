@@ -1,5 +1,6 @@
-"""Settings shared by the multi-process test scripts (imported from the script's own folder, which `accelerate
-launch` puts first on sys.path)."""
+"""What the multi-process test scripts share (imported from the script's own folder, which `accelerate launch` puts
+first on sys.path): the test helpers of tests/testing_utils.py (this module puts tests/ on sys.path for them), a
+summary of a recorded batch, and the per-rank result files and exit of a run."""
 
 from __future__ import annotations
 
@@ -10,30 +11,26 @@ from typing import NoReturn
 
 import torch.distributed as dist
 
-from trl_soup import SOUPConfig
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if TESTS_DIR not in sys.path:
+    sys.path.insert(1, TESTS_DIR)  # after the script's folder, as pytest puts it for the test files
 
-# The small, fast, deterministic CPU run every multi-process script starts from; each script overrides what it tests.
-SCRIPT_DEFAULTS = dict(
-    use_cpu=True,
-    report_to="none",
-    bf16=False,
-    per_device_train_batch_size=4,
-    num_generations=4,
-    max_completion_length=8,
-    learning_rate=5e-3,
-    temperature=1.0,
-    logging_steps=1,
-    save_strategy="no",
-    seed=0,
-    data_seed=0,
-    disable_tqdm=True,
-    dataloader_num_workers=0,
-)
+from testing_utils import RecordingTrainer, learner_probe_logps, probe_logps, reference_logps, script_args  # noqa: E402
+
+__all__ = ["RecordingTrainer", "batch_summary", "end_run", "learner_probe_logps", "probe_logps", "rank_result_path",
+           "reference_logps", "script_args", "write_json"]
 
 
-def script_args(output_dir: str, **overrides) -> SOUPConfig:
-    """`SOUPConfig(output_dir, **SCRIPT_DEFAULTS)` with `overrides` applied."""
-    return SOUPConfig(output_dir=output_dir, **{**SCRIPT_DEFAULTS, **overrides})
+def batch_summary(record: dict) -> dict:
+    """The JSON-able facts of a `RecordingTrainer` record that the DDP and ZeRO-3 reports share."""
+    batch = record["batch"]
+    return {
+        "age": record["age"],
+        "relay_record": record["relay"] is not None,
+        "prefix_tokens": int((batch["prefix_mask"] * batch["completion_mask"]).sum()),
+        "completion_tokens": int(batch["completion_mask"].sum()),
+        "has_old_per_token_logps": batch.get("old_per_token_logps") is not None,
+    }
 
 
 def rank_result_path(result_path: str, rank: int) -> str:

@@ -25,39 +25,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from common import RecordingTrainer, batch_summary, end_run, rank_result_path, script_args, write_json  # noqa: E402
 
-from common import end_run, rank_result_path, script_args, write_json  # noqa: E402
-from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
 
 MAX_STEPS = 6
 REFRESH_INTERVAL = 3
 
 
-class RecordingSOUPTrainer(SOUPTrainer):
-    """Records, per generation batch on this rank: age, whether relay sampling ran, prefix tokens, old log-probs, and
+def batch_report(record: dict) -> dict:
+    """Per training generation batch on this rank: age, whether relay sampling ran, prefix tokens, old log-probs, and
     the prompts (ranks must see different shards)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
-
-    def _generate_and_score_completions(self, inputs):
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            self.batches.append(
-                {
-                    "age": age,
-                    "relay_record": self.last_relay_record is not None,
-                    "prefix_tokens": int((output["prefix_mask"] * output["completion_mask"]).sum()),
-                    "completion_tokens": int(output["completion_mask"].sum()),
-                    "has_old_per_token_logps": output.get("old_per_token_logps") is not None,
-                    "num_completions": int(output["completion_ids"].size(0)),
-                    "prompts": sorted({example["prompt"] for example in inputs}),
-                }
-            )
-        return output
+    return {
+        **batch_summary(record),
+        "num_completions": int(record["batch"]["completion_ids"].size(0)),
+        "prompts": sorted({example["prompt"] for example in record["inputs"]}),
+    }
 
 
 def flat_parameters(model) -> torch.Tensor:
@@ -79,8 +62,9 @@ def main(result_path: str) -> int:
     dataset = build_dataset(64, seed=0)
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "ddp_out")
     args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5)
-    trainer = RecordingSOUPTrainer(
-        model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+    trainer = RecordingTrainer(
+        model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+        training_only=True,
     )
     accelerator = trainer.accelerator
     trainer.train()
@@ -92,7 +76,7 @@ def main(result_path: str) -> int:
     checksums = [torch.zeros_like(checksum) for _ in range(accelerator.num_processes)]
     dist.all_gather(checksums, checksum)
 
-    batches = trainer.batches
+    batches = [batch_report(record) for record in trainer.records]
     expected_ages = [step % REFRESH_INTERVAL for step in range(MAX_STEPS)]
     rank_report = {
         "rank": accelerator.process_index,

@@ -29,12 +29,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from common import RecordingTrainer, script_args  # noqa: E402
 
-from common import script_args  # noqa: E402
-from trl_soup import SOUPTrainer  # noqa: E402
-from trl_soup.toy import (  # noqa: E402
-    build_dataset, build_tiny_model, build_tokenizer, char_match_reward, save_toy_model,
-)
+from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward, save_toy_model  # noqa: E402
 
 MAX_STEPS = 6
 REFRESH_INTERVAL = 3
@@ -45,12 +42,12 @@ def detach(value):
     return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else value
 
 
-class RecordingSOUPTrainer(SOUPTrainer):
+class ColocateRecordingTrainer(RecordingTrainer):
     """Records every training generation batch with the vLLM calls made during it."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches, self.vllm_calls, self.syncs = [], [], 0
+        super().__init__(*args, training_only=True, **kwargs)
+        self.vllm_calls, self.syncs = [], 0
         generation = self.vllm_generation
         real_generate = generation.generate
 
@@ -72,23 +69,26 @@ class RecordingSOUPTrainer(SOUPTrainer):
         generation.generate = recording_generate
         generation.sync_weights = reload_sync
 
-    def _generate_and_score_completions(self, inputs):
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        calls_before = len(self.vllm_calls)
-        output = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            record = self.last_relay_record
-            self.batches.append({
-                "age": age,
-                "global_step": self.state.global_step,
-                "output": {k: detach(v) for k, v in output.items() if isinstance(v, torch.Tensor)},
-                "relay": None if record is None else {
-                    "prefix_lengths": detach(record.prefix_lengths),
-                    "no_continuation": detach(record.no_continuation),
-                },
-                "vllm_calls": self.vllm_calls[calls_before:],
-            })
-        return output
+    def record_before(self, inputs):
+        return {"calls_before": len(self.vllm_calls)}
+
+    def record_after(self, record):
+        return {"global_step": self.state.global_step, "vllm_calls": self.vllm_calls[record["calls_before"]:]}
+
+
+def saved_batch(record: dict) -> dict:
+    """What rank{r}.pt keeps of a record: plain tensors and lists, no trl_soup objects."""
+    relay = record["relay"]
+    return {
+        "age": record["age"],
+        "global_step": record["global_step"],
+        "output": {k: detach(v) for k, v in record["batch"].items() if isinstance(v, torch.Tensor)},
+        "relay": None if relay is None else {
+            "prefix_lengths": detach(relay.prefix_lengths),
+            "no_continuation": detach(relay.no_continuation),
+        },
+        "vllm_calls": record["vllm_calls"],
+    }
 
 
 def main(out_dir: str) -> int:
@@ -113,7 +113,7 @@ def main(out_dir: str) -> int:
         vllm_max_model_length=128,
         # TRL's defaults for the correction: sequence_mask, upper bound 3.0
     )
-    trainer = RecordingSOUPTrainer(
+    trainer = ColocateRecordingTrainer(
         model=model_dir, reward_funcs=char_match_reward, args=args, train_dataset=build_dataset(64, seed=0),
         processing_class=tokenizer,
     )
@@ -123,7 +123,7 @@ def main(out_dir: str) -> int:
         {
             "rank": accelerator.process_index,
             "world_size": accelerator.num_processes,
-            "batches": trainer.batches,
+            "batches": [saved_batch(record) for record in trainer.records],
             "syncs": trainer.syncs,
             "log_history": trainer.state.log_history,
             "args": {"vllm_importance_sampling_mode": args.vllm_importance_sampling_mode,

@@ -31,9 +31,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from common import (  # noqa: E402
+    RecordingTrainer,
+    batch_summary,
+    end_run,
+    rank_result_path,
+    reference_logps,
+    script_args,
+    write_json,
+)
 
-from common import end_run, rank_result_path, script_args, write_json  # noqa: E402
-from trl_soup import SOUPTrainer  # noqa: E402
 from trl_soup.behavior.local import SNAPSHOT_FILE  # noqa: E402
 from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
 from trl_soup.trainer import SNAPSHOT_DIR  # noqa: E402
@@ -81,55 +88,40 @@ def independent_behavior_logps(tokenizer, snapshot_state, output, temperature) -
     model = build_tiny_model(tokenizer, seed=1, **MODEL_SIZES)
     model.load_state_dict({k: v.to(torch.float32) for k, v in snapshot_state.items()}, strict=True)
     model.eval()
-    with torch.no_grad():
-        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
-        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
-        logits = logits[:, output["prompt_ids"].size(1) - 1 : -1] / temperature
-        logps = torch.log_softmax(logits, dim=-1)
-        return logps.gather(-1, output["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    logps, _ = reference_logps(model, output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
+                               output["completion_mask"], temperature)
+    return logps
 
 
-class RecordingSOUPTrainer(SOUPTrainer):
-    """Records, per generation batch on this rank, the checks listed in the module docstring."""
+class ZeRO3RecordingTrainer(RecordingTrainer):
+    """Adds to each training batch's record, as "checks", the gathered-weight checks listed in the module docstring
+    (every rank gathers at every batch, in the same order)."""
 
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.batches = []
+        super().__init__(*args, training_only=True, **kwargs)
         self.at_refresh = None  # (learner, snapshot) gathered right after the last refresh
 
-    def _generate_and_score_completions(self, inputs):
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        output = super()._generate_and_score_completions(inputs)
-        if not self.model.training:
-            return output
+    def record_after(self, record):
+        output, relay = record["batch"], record["relay"]
         learner = flat(gathered_state(self.accelerator.unwrap_model(self.model)))
         snapshot_state = gathered_state(self.behavior.snapshot)
         snapshot = flat(snapshot_state)
-        record = {
-            "age": age,
-            "relay_record": self.last_relay_record is not None,
-            "prefix_tokens": int((output["prefix_mask"] * output["completion_mask"]).sum()),
-            "completion_tokens": int(output["completion_mask"].sum()),
-            "has_old_per_token_logps": output.get("old_per_token_logps") is not None,
-            "rows_without_continuation": (
-                int(self.last_relay_record.no_continuation.sum()) if self.last_relay_record is not None else 0
-            ),
+        checks = {
+            "rows_without_continuation": int(relay.no_continuation.sum()) if relay is not None else 0,
             "rows": int(output["completion_ids"].size(0)),
             "snapshot_equals_learner": bool(torch.equal(snapshot, learner)),
         }
-        if age == 0:
+        if record["age"] == 0:
             self.at_refresh = (learner, snapshot)
         else:
-            record["snapshot_frozen"] = bool(torch.equal(snapshot, self.at_refresh[1]))
-            record["learner_moved"] = not torch.equal(learner, self.at_refresh[0])
+            checks["snapshot_frozen"] = bool(torch.equal(snapshot, self.at_refresh[1]))
+            checks["learner_moved"] = not torch.equal(learner, self.at_refresh[0])
             prefix = output["prefix_mask"].bool()
             reference = independent_behavior_logps(self.processing_class, snapshot_state, output, self.temperature)
             got = output["behavior_per_token_logps"]
-            record["behavior_logps_max_error"] = float((got[prefix] - reference[prefix]).abs().max())
-            record["behavior_logps_zero_outside_prefix"] = bool(torch.all(got[~prefix] == 0))
-        self.batches.append(record)
-        return output
+            checks["behavior_logps_max_error"] = float((got[prefix] - reference[prefix]).abs().max())
+            checks["behavior_logps_zero_outside_prefix"] = bool(torch.all(got[~prefix] == 0))
+        return {"checks": checks}
 
 
 def main(result_path: str) -> int:
@@ -141,7 +133,7 @@ def main(result_path: str) -> int:
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "zero3_out")
     args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5,
                        save_strategy="steps", save_steps=SAVE_STEP, save_only_model=True)
-    trainer = RecordingSOUPTrainer(
+    trainer = ZeRO3RecordingTrainer(
         model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )
     accelerator = trainer.accelerator
@@ -161,7 +153,7 @@ def main(result_path: str) -> int:
         "zero_stage": accelerator.state.deepspeed_plugin.zero_stage,
         "learner_partition": partition_report(learner_model),
         "snapshot_partition": partition_report(behavior.snapshot),
-        "batches": trainer.batches,
+        "batches": [{**batch_summary(record), **record["checks"]} for record in trainer.records],
     }
     final_learner = gathered_state(learner_model)
     final_snapshot = gathered_state(behavior.snapshot)

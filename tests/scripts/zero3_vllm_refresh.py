@@ -21,25 +21,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
+from common import learner_probe_logps, probe_logps, script_args  # noqa: E402
 
-from common import script_args  # noqa: E402
 from trl_soup import SOUPTrainer  # noqa: E402
-from trl_soup.behavior.server_client import BehaviorServerClient  # noqa: E402
 from trl_soup.toy import build_dataset, build_tokenizer, char_match_reward  # noqa: E402
-
-PROBE = "copy:31415926=31415926"
-
-
-def probe_logps(model, ids) -> list[float]:
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids])).logits.float()
-    return torch.log_softmax(logits[0, :-1], -1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1).tolist()
 
 
 def main(model_dir: str, url: str, result_path: str) -> int:
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
-    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     args = script_args(
         os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"), max_steps=3, behavior_refresh_interval=2,
         learning_rate=5e-2, behavior_backend="vllm_server", behavior_server_base_url=url, behavior_refresh_method="disk",
@@ -54,12 +44,9 @@ def main(model_dir: str, url: str, result_path: str) -> int:
     def checked_refresh():
         refresh()
         with deepspeed.zero.GatheredParameters(list(learner.parameters())):  # every rank
-            expected = probe_logps(learner, ids)
+            expected = learner_probe_logps(learner, tokenizer).tolist()
         if trainer.accelerator.is_main_process:
-            client = BehaviorServerClient(url)
-            choice = client.complete({"model": trainer.behavior.model_name, "prompt": ids, "max_tokens": 1,
-                                      "prompt_logprobs": 0, "temperature": 1.0})[0]
-            served = [entry[str(t)]["logprob"] for entry, t in zip(choice["prompt_logprobs"][1:], ids[1:])]
+            served = probe_logps(url, tokenizer, trainer.behavior.model_name).tolist()
             checks.append({"expected": expected, "served": served})
 
     trainer.behavior.refresh = checked_refresh
