@@ -38,8 +38,8 @@ ADDED_OR_CHANGED_FIELDS = tuple(
 # the paper (a section, equation, figure or appendix).
 PLUMBING_FIELDS = (
     "behavior_server_base_url", "behavior_server_host", "behavior_server_port", "behavior_server_timeout",
-    "behavior_server_max_retries", "behavior_refresh_method", "behavior_server_group_port", "behavior_refresh_dir",
-    "prefix_entropy_logprobs",
+    "behavior_server_connect_timeout", "behavior_server_max_retries", "behavior_refresh_method",
+    "behavior_server_group_port", "behavior_refresh_dir", "prefix_entropy_logprobs",
 )
 PAPER_REFERENCE = re.compile(r"\b(Sec\.|Eq\.|Fig\.|Appendix)")
 
@@ -196,6 +196,7 @@ def test_vllm_server_backend_accepted(tmp_path):
         ("behavior_server_port", 70000, "[1, 65535]"),
         ("behavior_server_group_port", -1, "[1, 65535]"),
         ("behavior_server_timeout", 0, "> 0"),
+        ("behavior_server_connect_timeout", -1, "> 0"),
         ("behavior_server_max_retries", -1, ">= 0"),
         ("prefix_entropy_logprobs", 0, ">= 1"),
         ("behavior_server_base_url", "127.0.0.1:8001", "http://"),

@@ -10,9 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from datasets import Dataset
 from testing_utils import soup_args
 
-from trl_soup.behavior.server_client import BehaviorServerClient, BehaviorServerError
+from trl_soup.behavior.server_client import BehaviorServerClient, BehaviorServerError, check_reachable
 
 
 def _free_port() -> int:
@@ -89,6 +90,43 @@ def test_trainer_refuses_unreachable_behavior_server(tmp_path, make_trainer):
     with pytest.raises(BehaviorServerError, match=f"127.0.0.1:{port}"):
         make_trainer(args)
     assert time.monotonic() - start < 30
+
+
+def test_unreachable_server_refused_before_the_model_loads(tmp_path):
+    """Default timeouts (240 s for /health): nothing listens at the address, so the trainer fails within the connect
+    timeout, before it tries to load the model (a Hub id that cannot be loaded offline: loading it first would raise
+    OSError instead)."""
+    from trl_soup import SOUPTrainer
+
+    port = _free_port()
+    args = soup_args(tmp_path, behavior_backend="vllm_server", behavior_server_port=port, max_steps=1)
+    assert args.behavior_server_timeout == 240.0 and args.behavior_server_connect_timeout == 10.0
+    start = time.monotonic()
+    with pytest.raises(BehaviorServerError, match=rf"127\.0\.0\.1:{port}.*behavior_server_connect_timeout"):
+        SOUPTrainer(model="nobody/not-a-model", reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                    args=args, train_dataset=Dataset.from_dict({"prompt": ["1+1="]}))
+    assert 9 <= time.monotonic() - start < 30  # it retried for the 10 s connect timeout, not the 240 s one
+
+
+def test_check_reachable_passes_a_listening_port_and_waits_for_one_that_opens():
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_reachable(f"http://127.0.0.1:{listening.getsockname()[1]}", timeout=1.0)  # returns: it listens
+    port = _free_port()
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    opener = threading.Timer(0.5, lambda: (server.bind(("127.0.0.1", port)), server.listen()))
+    opener.start()
+    try:
+        start = time.monotonic()
+        check_reachable(f"http://127.0.0.1:{port}", timeout=20.0)  # a server that binds its port a moment later
+        assert time.monotonic() - start < 15
+    finally:
+        opener.join()
+        server.close()
+    with pytest.raises(BehaviorServerError, match=r"tried for 0\.5 s"):
+        check_reachable(f"http://127.0.0.1:{_free_port()}", timeout=0.5)
 
 
 def test_samples_from_server_choices(tmp_path, tokenizer, make_model):

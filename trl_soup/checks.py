@@ -7,6 +7,8 @@ import warnings
 
 from accelerate.utils import is_peft_model
 
+from .behavior.server_client import check_reachable
+
 
 def check_trainer_arguments(args, arguments: dict) -> None:
     """Raise ValueError, naming the option and what is allowed, for combinations SOUPTrainer cannot run.
@@ -53,6 +55,8 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
             "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
         )
+    if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
+        check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
 
 
 def check_trainer_setup(trainer) -> None:

@@ -65,6 +65,8 @@ class SOUPConfig(GRPOConfig):
             `"vllm_server"`: port of the behavior server when no base URL is given.
         behavior_server_timeout (`float`, *optional*, defaults to `240.0`):
             `"vllm_server"`: seconds to wait for the server to answer at start, then training stops with an error.
+        behavior_server_connect_timeout (`float`, *optional*, defaults to `10.0`):
+            `"vllm_server"`: seconds to try a connection before the model is loaded: nothing listening fails fast.
         behavior_server_max_retries (`int`, *optional*, defaults to `3`):
             `"vllm_server"`: retries of a failed request (exponential back-off) before training stops with an error.
         behavior_refresh_method (`str`, *optional*, defaults to `"disk"`):
@@ -161,6 +163,14 @@ class SOUPConfig(GRPOConfig):
             "training stops with an error naming the address. Default 240."
         },
     )
+    behavior_server_connect_timeout: float = field(
+        default=10.0,
+        metadata={
+            "help": "vllm_server backend: seconds to try a connection to the behavior server before the model is "
+            "loaded; an address where nothing listens fails within this time. A server still loading its model "
+            "passes (it holds its port), and is then waited for up to behavior_server_timeout. Default 10."
+        },
+    )
     behavior_server_max_retries: int = field(
         default=3,
         metadata={
@@ -233,6 +243,11 @@ class SOUPConfig(GRPOConfig):
         },
     )
 
+    @property
+    def behavior_server_url(self) -> str:
+        """The behavior server's base URL: ``behavior_server_base_url``, else built from host and port."""
+        return self.behavior_server_base_url or f"http://{self.behavior_server_host}:{self.behavior_server_port}"
+
     def __post_init__(self):
         # SOUP's own fields first, so a typo there is reported before anything else happens.
         self._validate_soup_fields()
@@ -284,9 +299,10 @@ class SOUPConfig(GRPOConfig):
             raise ValueError(
                 f"old_logps_from_loss_forward={self.old_logps_from_loss_forward!r} is invalid. Allowed values: True, False."
             )
-        timeout = self.behavior_server_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"behavior_server_timeout={timeout!r} is invalid: it must be a number of seconds > 0.")
+        for name in ("behavior_server_timeout", "behavior_server_connect_timeout"):
+            timeout = getattr(self, name)
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+                raise ValueError(f"{name}={timeout!r} is invalid: it must be a number of seconds > 0.")
         url = self.behavior_server_base_url
         if url is not None and not str(url).startswith(("http://", "https://")):
             raise ValueError(

@@ -24,6 +24,7 @@ from .checks import check_trainer_arguments, check_trainer_setup
 from .config import SOUPConfig
 from .core import build_prefix_mask, mixed_old_per_token_logps
 from .records import LossCapture, RelayRecord
+from .reporting import SOUP_PAPER, describe_local_base_model, drop_empty_metrics, prefix_columns
 from .relay import relay_generation, restrict_vllm_correction
 from .state import SNAPSHOT_DIR, SOUP_STATE_FILE, SOUPState, load_rng_state, save_rng_state
 from .truncation import behavior_decode_budget
@@ -59,12 +60,16 @@ class SOUPTrainer(GRPOTrainer):
       the truncation RNG and, mid-window, the behavior snapshot.
     - ``_save``: lets the behavior backend remove what is not the trained model (the PEFT behavior adapter).
     - ``train``: closes the prefetcher when training returns or raises (no background thread outlives it).
+    - ``log``: leaves out metrics that have only NaN since the last log (no None reaches the loggers).
+    - ``create_model_card``: names SOUP and its paper; a local base model is named, not linked to the Hub.
 
     After each relay batch ``last_relay_record`` holds its :class:`trl_soup.records.RelayRecord` (None after on-policy
     and eval batches).
     """
 
     _tag_names = ["trl", "grpo", "soup"]
+    _name = "SOUP"
+    _paper = SOUP_PAPER
 
     def __init__(self, model, reward_funcs=None, args: SOUPConfig | None = None, *pargs, **kwargs):
         if args is None:
@@ -111,6 +116,16 @@ class SOUPTrainer(GRPOTrainer):
         finally:  # also when training raises: requests still queued are cancelled, the background thread ends
             if self.behavior_prefetcher is not None:
                 self.behavior_prefetcher.close()
+
+    def log(self, logs, start_time=None):
+        drop_empty_metrics(self._metrics["train" if self.model.training else "eval"])
+        return super().log(logs, start_time)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        super().create_model_card(model_name, dataset_name, tags)
+        if self.is_world_process_zero():
+            path = self.model.config._name_or_path
+            describe_local_base_model(os.path.join(self.args.output_dir, "README.md"), path if os.path.isdir(path) else None)
 
     def _log_metrics(self, mode: str, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -252,7 +267,10 @@ class SOUPTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         decode_budget = behavior_decode_budget(self.args.prefix_strategy, self.args)
         if not self._relay_active or decode_budget <= 0:  # nothing from the behavior copy: every sample on-policy
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+            result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                   has_tool_images)
+            self._log_prefix_columns(result[0], [0] * len(result[0]))
+            return result
         if images is not None:
             raise ValueError("SOUPTrainer does not support image prompts in this release.")
 
@@ -268,7 +286,15 @@ class SOUPTrainer(GRPOTrainer):
             collective=self.is_deepspeed_enabled or self.is_fsdp_enabled,
             reduce_max=self._max_over_ranks if self.use_vllm else None,
         )
+        self._log_prefix_columns(completion_ids, self._relay_record.prefix_lengths.tolist())
         return completion_ids, sampling_logps
+
+    def _log_prefix_columns(self, completion_ids, prefix_lengths) -> None:
+        """With ``log_completions``, the completions table shows each row's behavior prefix (TRL's extra columns)."""
+        if self.log_completions and self.behavior is not None:  # T = 1 has no prefix (and may run tools)
+            decode = lambda ids: self._tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731 (as TRL's text)
+            for column, values in prefix_columns(completion_ids, prefix_lengths, decode).items():
+                self._pending_extra_logs[column].extend(values)
 
     def _max_over_ranks(self, value: int) -> int:
         return int(self.accelerator.reduce(torch.tensor(value, device=self.accelerator.device), reduction="max"))

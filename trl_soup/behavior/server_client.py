@@ -7,13 +7,41 @@ number of times with exponential back-off; then a :class:`BehaviorServerError` n
 from __future__ import annotations
 
 import json
+import socket
 import time
 import urllib.error
 import urllib.request
+from urllib.parse import urlparse
 
 
 class BehaviorServerError(RuntimeError):
     """The behavior server could not be reached, or answered with an error."""
+
+
+def check_reachable(base_url: str, timeout: float) -> None:
+    """Fail fast when nothing listens at ``base_url``: open a TCP connection to its host and port, retrying for up to
+    ``timeout`` seconds (``behavior_server_connect_timeout``), else raise :class:`BehaviorServerError`.
+
+    Called before the model loads. A vLLM server that is still loading its model already holds its port, so it
+    passes; the trainer then waits for ``/health`` up to ``behavior_server_timeout`` once the model has loaded.
+    """
+    parsed = urlparse(base_url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=max(0.1, deadline - time.monotonic())):
+                return
+        except OSError as error:
+            last_error = error
+        if time.monotonic() >= deadline:
+            raise BehaviorServerError(
+                f"Nothing answers at the behavior server address {base_url} (tried for {timeout:g} s, "
+                f"behavior_server_connect_timeout; {last_error}). Start the server first (`trl-soup serve-behavior "
+                "--model MODEL` or `python -m trl_soup.serve_behavior --model MODEL`), or set behavior_server_base_url "
+                "(or behavior_server_host / behavior_server_port) to its address."
+            )
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
 class BehaviorServerClient:

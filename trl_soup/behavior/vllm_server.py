@@ -153,7 +153,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         # With a filter active (then temperature == 1), the sampled log-probs are renormalised over the kept tokens:
         # every response is re-scored with prompt log-probs (see the module docstring).
         self.rescore = bool(sampling_filters(args))
-        self.base_url = args.behavior_server_base_url or f"http://{args.behavior_server_host}:{args.behavior_server_port}"
+        self.base_url = args.behavior_server_url
         self.method = args.behavior_refresh_method
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
