@@ -484,3 +484,22 @@ def test_dataset_without_prompt_column_refused_with_the_columns_found(tmp_path):
     data = Dataset.from_dict({"question": ["1+1="], "answer": ["2"]})
     with pytest.raises(ValueError, match=r"train_dataset has no 'prompt' column \(found: \['question', 'answer'\]\)"):
         SOUPTrainer(model=str(missing), reward_funcs=_reward, args=make_config(tmp_path), train_dataset=data)
+
+
+@pytest.mark.parametrize("overrides,option", [
+    (dict(prefix_strategy="entropy", prefix_ratio=0.3), "prefix_ratio=0.3 is ignored: prefix_strategy='entropy'"),
+    (dict(prefix_strategy="ratio", prefix_entropy_top_k=8), "prefix_entropy_top_k=8 is ignored: prefix_strategy='ratio'"),
+    (dict(behavior_server_port=9000), "behavior_server_port=9000 is ignored: it configures behavior_backend='vllm_server'"),
+    (dict(behavior_refresh_method="lora"), "behavior_refresh_method='lora' is ignored"),
+])
+def test_options_the_run_ignores_are_named(tmp_path, overrides, option):
+    with pytest.warns(UserWarning, match=re.escape(option)):
+        make_config(tmp_path, **overrides)
+
+
+def test_no_ignored_option_warning_for_used_options(tmp_path, recwarn):
+    make_config(tmp_path, prefix_strategy="ratio", prefix_ratio=0.3)
+    make_config(tmp_path, prefix_strategy="entropy", prefix_entropy_top_k=8)
+    make_config(tmp_path, behavior_backend="vllm_server", behavior_server_port=9000)
+    assert [str(w.message) for w in recwarn if "is ignored" in str(w.message)] == []
+

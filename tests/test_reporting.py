@@ -101,3 +101,19 @@ def test_model_card_names_soup_and_a_local_base_model(tmp_path, tokenizer, make_
     assert "a local model (`my-local-base`, not on the Hub)" in card
     assert "trained with SOUP" in card and "https://huggingface.co/papers/2601.21476" in card
     assert "@article{yang2026soup" in card and "eprint       = {arXiv:2601.21476}" in card
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")])
+def test_reward_function_that_scores_nothing_is_named(tmp_path, tokenizer, make_model, prompt_dataset, bad):
+    def unscored_reward(prompts, completions, **kwargs):
+        return [bad] * len(completions)
+
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=1)
+    trainer = SOUPTrainer(model=make_model(), reward_funcs=[digit_share_reward, unscored_reward], args=args,
+                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    with pytest.warns(UserWarning, match="'unscored_reward' returned None or NaN for every completion.*adds nothing"):
+        trainer.train()
+    alone = SOUPTrainer(model=make_model(), reward_funcs=unscored_reward, args=soup_args(tmp_path, max_steps=1),
+                        train_dataset=prompt_dataset, processing_class=tokenizer)
+    with pytest.warns(UserWarning, match="'unscored_reward'.*the loss is 0 and nothing is learned"):
+        alone.train()

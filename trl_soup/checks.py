@@ -82,3 +82,24 @@ def check_trainer_setup(trainer) -> None:
             "the weights change between generation and the loss or vLLM's importance-sampling correction needs it.",
             UserWarning, stacklevel=3,
         )
+
+
+def warn_unscored_rewards(rewards_per_func, reward_func_names: list[str]) -> None:
+    """Warn, naming the reward function, when it returned None or NaN for every completion of a batch.
+
+    Args:
+        rewards_per_func: ``(N, num_reward_funcs)`` rewards of the whole batch (gathered over processes; TRL turns
+            None into NaN).
+        reward_func_names: TRL's names of the reward functions, in column order.
+    """
+    empty = [name for name, column in zip(reward_func_names, rewards_per_func.isnan().all(dim=0).tolist(), strict=True)
+             if column]
+    for name in empty:
+        everything = len(empty) == len(reward_func_names)
+        consequence = ("no completion of the batch has a reward, so the loss is 0 and nothing is learned"
+                       if everything else "it adds nothing to the advantages of this batch")
+        warnings.warn(
+            f"Reward function {name!r} returned None or NaN for every completion of a generation batch: "
+            f"{consequence}. Check that it returns one float per completion (None only for completions it cannot "
+            "score).", UserWarning, stacklevel=2,
+        )

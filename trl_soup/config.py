@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 import torch
@@ -16,6 +16,13 @@ from .truncation import available_prefix_strategies
 BEHAVIOR_BACKENDS = ("local", "vllm_server")
 BEHAVIOR_REFRESH_METHODS = ("disk", "lora", "nccl")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Options of the vllm_server backend, and of the truncation strategies, that another choice ignores.
+SERVER_FIELDS = (
+    "behavior_server_base_url", "behavior_server_host", "behavior_server_port", "behavior_server_timeout",
+    "behavior_server_connect_timeout", "behavior_server_max_retries", "behavior_refresh_method",
+    "behavior_server_group_port", "behavior_refresh_dir", "prefix_entropy_logprobs",
+)
+STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
 
 # TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
 # denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
@@ -253,6 +260,7 @@ class SOUPConfig(GRPOConfig):
         self._validate_soup_fields()
         super().__post_init__()
         self._validate_grpo_compatibility()
+        self._warn_ignored_options()
 
     def _require_int(self, name: str, minimum: int, maximum: int | None = None, note: str = "") -> None:
         value = getattr(self, name)
@@ -328,6 +336,23 @@ class SOUPConfig(GRPOConfig):
                 f"prefix_strategy={self.prefix_strategy!r} ignores it. Allowed: prefix_budget=None with "
                 f"{self.prefix_strategy!r}, or prefix_strategy='fixed_budget'."
             )
+
+    def _warn_ignored_options(self):
+        """A warning, naming the option, for each SOUP option set to a non-default value that this run ignores."""
+        defaults = {f.name: f.default for f in fields(SOUPConfig) if f.name in SERVER_FIELDS + STRATEGY_FIELDS}
+        ignored = []
+        if self.prefix_strategy == "entropy" and self.prefix_ratio != defaults["prefix_ratio"]:
+            ignored.append(("prefix_ratio", "prefix_strategy='entropy' cuts at a high-entropy token, not at a ratio"))
+        if self.prefix_strategy in ("ratio", "fixed_budget") and (
+            self.prefix_entropy_top_k != defaults["prefix_entropy_top_k"]
+        ):
+            ignored.append(("prefix_entropy_top_k", f"prefix_strategy={self.prefix_strategy!r} does not use entropy"))
+        if self.behavior_backend == "local":
+            for name in SERVER_FIELDS:
+                if getattr(self, name) != defaults[name]:
+                    ignored.append((name, "it configures behavior_backend='vllm_server', and this run uses 'local'"))
+        for name, reason in ignored:
+            warnings.warn(f"{name}={getattr(self, name)!r} is ignored: {reason}.", UserWarning, stacklevel=4)
 
     def _validate_grpo_compatibility(self):
         """Refuse GRPO options that SOUP cannot honour, before any model is loaded."""

@@ -20,7 +20,7 @@ from . import metrics as soup_metrics
 from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing, generation_budget
 from .behavior import build_behavior_backend
 from .behavior.prefetch import BehaviorPrefetcher, prefetch_schedule
-from .checks import check_trainer_arguments, check_trainer_setup
+from .checks import check_trainer_arguments, check_trainer_setup, warn_unscored_rewards
 from .config import SOUPConfig
 from .core import build_prefix_mask, mixed_old_per_token_logps
 from .records import LossCapture, RelayRecord
@@ -50,6 +50,7 @@ class SOUPTrainer(GRPOTrainer):
       to exactly 1 on prefix tokens and restricts its ``sampling/`` metrics to the continuation.
     - ``_generate_single_turn``: relay sampling (:func:`trl_soup.relay.relay_generation`) with TRL's own generation
       (transformers or vLLM) for the continuations.
+    - ``_calculate_rewards``: warns, naming the reward function, when it scored no completion of a batch.
     - ``_compute_loss``: swaps in the mixed denominator, then logs ``soup/`` statistics split by segment.
     - ``_get_per_token_logps_and_entropies``: records the values of the loss forward for those statistics and, with
       ``old_logps_from_loss_forward``, fills the continuation's pi_old from them.
@@ -161,6 +162,11 @@ class SOUPTrainer(GRPOTrainer):
             output["old_per_token_logps"] = self._old_per_token_logps(output)
         self._log_batch_metrics(output, record, relay, age)
         return output
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        warn_unscored_rewards(rewards_per_func, self.reward_func_names)
+        return rewards_per_func
 
     def _refresh_or_prefetch(self, inputs, age: int) -> None:
         """At a window boundary refresh the behavior copy (timed); then request the window's next behavior samples."""
