@@ -28,9 +28,8 @@ import torch
 from transformers import PrinterCallback
 
 from trl_soup import SOUPConfig, SOUPTrainer, toy
+from trl_soup.cli.plot_positions import BINS, position_curves
 from trl_soup.evaluation import correctness_summary
-
-from plot_position_statistics import BINS, position_curves  # recipes/ is on sys.path when run as a script
 
 # name -> SOUPConfig overrides. "dapo" is the on-policy baseline (T = 1).
 SETTINGS = {
@@ -152,7 +151,8 @@ def main():
     eval_set = toy.build_dataset(args.eval_prompts, seed=EVAL_SEED)
     max_new_tokens = toy.TOY_TRAINING_DEFAULTS["max_completion_length"]
     results = {"seeds": args.seeds, "max_steps": args.max_steps, "eval_prompts": args.eval_prompts,
-               "eval_samples": args.eval_samples, "settings": {}, "pass_at_k": {}, "avg_at_n": {}, "correct_counts": {}}
+               "eval_samples": args.eval_samples, "settings": {}, "pass_at_k": {}, "avg_at_n": {},
+               "correct_counts": {}}
     correctness = {"start": []}
     for seed in args.seeds:
         model, tokenizer = toy.build_toy_policy(seed=seed)
@@ -171,8 +171,9 @@ def main():
             correctness[name] += run_correctness
             runs.append(run)
             k = min(5, len(run["reward"]))
-            print(f"{name:>14} seed {seed}: reward {sum(run['reward'][:k]) / k:.3f} -> {sum(run['reward'][-k:]) / k:.3f}"
-                  f", held-out avg@{args.eval_samples} {run['avg_at_n']:.3f}, {run['seconds']:.0f} s", flush=True)
+            print(f"{name:>14} seed {seed}: reward {sum(run['reward'][:k]) / k:.3f} -> "
+                  f"{sum(run['reward'][-k:]) / k:.3f}, held-out avg@{args.eval_samples} {run['avg_at_n']:.3f}, "
+                  f"{run['seconds']:.0f} s", flush=True)
         results["settings"][name] = {"config": SETTINGS[name], "runs": runs}
     for name, rows in correctness.items():  # pass@k pooled over seeds: one row per (seed, prompt)
         summary = correctness_summary(rows)
