@@ -41,16 +41,29 @@ import time
 import urllib.request
 
 GPU_MODEL = dict(hidden_size=896, num_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864)
-KEYS = ("step_time", "behavior_sample", "behavior_wait", "continuation", "logp_forwards", "refresh", "decode_critical",
-        "decode_total")
+KEYS = (
+    "step_time",
+    "behavior_sample",
+    "behavior_wait",
+    "continuation",
+    "logp_forwards",
+    "refresh",
+    "decode_critical",
+    "decode_total",
+)
 
 
 def cpu_model_sizes(args) -> dict:
     """Toy-model sizes for the CPU modes: head dimension 64 (what vLLM's CPU attention kernel supports) and an MLP of
     4 x hidden; the defaults (128, 2 layers) are `trl_soup.toy`'s own model."""
     heads = max(1, args.hidden_size // 64)
-    return dict(hidden_size=args.hidden_size, num_layers=args.num_layers, num_attention_heads=heads,
-                num_key_value_heads=heads, intermediate_size=4 * args.hidden_size)
+    return dict(
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=4 * args.hidden_size,
+    )
 
 
 def worker(args) -> None:
@@ -73,6 +86,7 @@ def worker(args) -> None:
                 return fn(*a, **k)
             finally:
                 timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
         return wrapper
 
     class Timed(SOUPTrainer if args.worker == "soup" else GRPOTrainer):
@@ -93,35 +107,59 @@ def worker(args) -> None:
                 length = logs["completions/mean_length"] * batch
                 behavior = logs.get("soup/behavior_length/mean", 0.0) * batch
                 prefix = logs.get("soup/prefix_length/mean", 0.0) * batch
-                prefetched = logs.get("soup/behavior_prefetch_hit", 0.0)  # 1.0 when this step's samples were prefetched
+                prefetched = logs.get(
+                    "soup/behavior_prefetch_hit", 0.0
+                )  # 1.0 when this step's samples were prefetched
                 wait = logs.get("soup/behavior_wait_time", 0.0)  # inside generation, on the critical path
-                steps.append({
-                    "step_time": logs["step_time"],
-                    "decode_total": behavior + (length - prefix),
-                    # Behavior tokens sampled ahead, while an earlier step trained, are off the critical path.
-                    "decode_critical": behavior * (1.0 - prefetched) + (length - prefix),
-                    "behavior_wait": wait,
-                    # behavior_sample counts all sampling time, in the background too when prefetching.
-                    **{k: timings.pop(k, 0.0) for k in ("behavior_sample", "logp_forwards", "refresh")},
-                })
+                steps.append(
+                    {
+                        "step_time": logs["step_time"],
+                        "decode_total": behavior + (length - prefix),
+                        # Behavior tokens sampled ahead, while an earlier step trained, are off the critical path.
+                        "decode_critical": behavior * (1.0 - prefetched) + (length - prefix),
+                        "behavior_wait": wait,
+                        # behavior_sample counts all sampling time, in the background too when prefetching.
+                        **{k: timings.pop(k, 0.0) for k in ("behavior_sample", "logp_forwards", "refresh")},
+                    }
+                )
                 # Decoding by the current policy: everything generated minus the wait for behavior samples.
                 steps[-1]["continuation"] = timings.pop("generation", 0.0) - wait
 
     gpu = args.mode == "gpu"
-    common = dict(output_dir=os.path.join(args.output_dir, args.worker), **{
-        k: v for k, v in toy.TOY_TRAINING_DEFAULTS.items() if k not in ("max_steps", "per_device_train_batch_size",
-                                                                        "max_completion_length", "learning_rate")},
-        max_steps=args.steps, per_device_train_batch_size=args.batch_size, learning_rate=1e-4,
-        max_completion_length=args.max_completion_length, disable_tqdm=True)
+    common = dict(
+        output_dir=os.path.join(args.output_dir, args.worker),
+        **{
+            k: v
+            for k, v in toy.TOY_TRAINING_DEFAULTS.items()
+            if k not in ("max_steps", "per_device_train_batch_size", "max_completion_length", "learning_rate")
+        },
+        max_steps=args.steps,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-4,
+        max_completion_length=args.max_completion_length,
+        disable_tqdm=True,
+    )
     if gpu:
         common.update(use_cpu=False, bf16=True)
     if args.worker == "soup":
-        server = {} if args.mode == "local" else dict(
-            behavior_backend="vllm_server", behavior_server_base_url=args.server_url,
-            behavior_refresh_dir=os.path.join(args.output_dir, "refresh"))
-        config = SOUPConfig(**common, prefix_ratio=args.prefix_ratio, behavior_refresh_interval=args.refresh_interval,
-                            prefix_strategy=args.prefix_strategy, behavior_prefetch=args.prefetch,
-                            old_logps_from_loss_forward=args.old_logps_from_loss_forward, **server)
+        server = (
+            {}
+            if args.mode == "local"
+            else dict(
+                behavior_backend="vllm_server",
+                behavior_server_base_url=args.server_url,
+                behavior_refresh_dir=os.path.join(args.output_dir, "refresh"),
+            )
+        )
+        config = SOUPConfig(
+            **common,
+            prefix_ratio=args.prefix_ratio,
+            behavior_refresh_interval=args.refresh_interval,
+            prefix_strategy=args.prefix_strategy,
+            behavior_prefetch=args.prefetch,
+            old_logps_from_loss_forward=args.old_logps_from_loss_forward,
+            **server,
+        )
     else:
         config = GRPOConfig(**common)
     if args.mode == "vllm_server":  # the model the server was started from
@@ -133,8 +171,14 @@ def worker(args) -> None:
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
     else:
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
-    trainer = Timed(model=model, reward_funcs=toy.char_match_reward, args=config,
-                    train_dataset=toy.build_dataset(4096, seed=0), processing_class=tokenizer, callbacks=[Collect()])
+    trainer = Timed(
+        model=model,
+        reward_funcs=toy.char_match_reward,
+        args=config,
+        train_dataset=toy.build_dataset(4096, seed=0),
+        processing_class=tokenizer,
+        callbacks=[Collect()],
+    )
     if args.worker == "soup":
         trainer.behavior.sample = timed("behavior_sample", trainer.behavior.sample)
         trainer.behavior.refresh = timed("refresh", trainer.behavior.refresh)
@@ -143,14 +187,13 @@ def worker(args) -> None:
     if gpu:
         peak_mib = torch.cuda.max_memory_allocated() / 2**20
     with open(args.result, "w") as f:
-        json.dump({"steps": steps[args.warmup:], "peak_rss_mib": peak_mib}, f)
+        json.dump({"steps": steps[args.warmup :], "peak_rss_mib": peak_mib}, f)
 
 
 def run_child(args, which: str, index: int) -> dict:
     result = os.path.join(args.output_dir, f"{which}-{index}.json")
     command = [sys.executable, __file__, "--worker", which, "--result", result] + [
-        f"--{k}={v}" for k, v in vars(args).items()
-        if k not in ("worker", "result", "output") and v is not None
+        f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "result", "output") and v is not None
     ]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     with open(result) as f:
@@ -171,9 +214,25 @@ def behavior_server(args):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "trl_soup.serve_behavior", "--model", model_dir, "--port", str(port), "--dtype",
-               "float32", "--max-model-len", "512", "--gpu-memory-utilization", "0.1", "--", "--enforce-eager",
-               "--seed", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "trl_soup.serve_behavior",
+        "--model",
+        model_dir,
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--max-model-len",
+        "512",
+        "--gpu-memory-utilization",
+        "0.1",
+        "--",
+        "--enforce-eager",
+        "--seed",
+        "0",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
     if args.server_cpus:  # every server process on these cores, its OpenMP worker bound to them, none reserved
         command = ["taskset", "-c", args.server_cpus] + command
@@ -228,8 +287,14 @@ def main():
     parser.add_argument("--prefix_ratio", type=float, default=0.5)
     parser.add_argument("--refresh_interval", type=int, default=8)
     parser.add_argument("--prefix_strategy", default="ratio")
-    parser.add_argument("--old_logps_from_loss_forward", type=_flag, nargs="?", const=True, default=False,
-                        help="SOUPConfig.old_logps_from_loss_forward: pi_old from the loss forward (no pi_old pass)")
+    parser.add_argument(
+        "--old_logps_from_loss_forward",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="SOUPConfig.old_logps_from_loss_forward: pi_old from the loss forward (no pi_old pass)",
+    )
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
     parser.add_argument("--repeats", type=int, default=2, help="alternating GRPO/SOUP pairs")
@@ -237,15 +302,27 @@ def main():
     parser.add_argument("--max_completion_length", type=int, default=64)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=2)
-    parser.add_argument("--random_init", type=_flag, nargs="?", const=True, default=False,
-                        help="CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)")
+    parser.add_argument(
+        "--random_init",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)",
+    )
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--trainer_cpus", default=None,
-                        help="CPU ids the trainer processes are pinned to, e.g. '1'. On a 2-core machine the vLLM CPU "
-                        "server binds its worker to core 0, so '1' gives the server a core of its own")
-    parser.add_argument("--server_cpus", default=None,
-                        help="vllm_server mode: CPU ids for every process of the server started here (taskset), e.g. "
-                        "'0'; its OpenMP worker is bound to them")
+    parser.add_argument(
+        "--trainer_cpus",
+        default=None,
+        help="CPU ids the trainer processes are pinned to, e.g. '1'. On a 2-core machine the vLLM CPU "
+        "server binds its worker to core 0, so '1' gives the server a core of its own",
+    )
+    parser.add_argument(
+        "--server_cpus",
+        default=None,
+        help="vllm_server mode: CPU ids for every process of the server started here (taskset), e.g. "
+        "'0'; its OpenMP worker is bound to them",
+    )
     parser.add_argument("--output_dir", default="outputs/bench")
     parser.add_argument("--output", default=None, help="JSON file for the results (default <output_dir>/results.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -272,26 +349,45 @@ def main():
     table = {which: {key: median(steps[which], key) for key in KEYS} for which in runs}
     means = {which: statistics.fmean(s["step_time"] for s in steps[which]) for which in runs}  # refresh steps included
     ratio = lambda key: table["soup"][key] / table["grpo"][key] if table["grpo"][key] else float("nan")  # noqa: E731
-    print(f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
-          f"old_logps_from_loss_forward={args.old_logps_from_loss_forward} "
-          f"batch={args.batch_size} max_len={args.max_completion_length} steps={args.steps} x {args.repeats}")
+    print(
+        f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
+        f"old_logps_from_loss_forward={args.old_logps_from_loss_forward} "
+        f"batch={args.batch_size} max_len={args.max_completion_length} steps={args.steps} x {args.repeats}"
+    )
     print(f"{'median per step':<28}{'GRPO':>12}{'SOUP':>12}{'SOUP/GRPO':>12}")
     for key in ("step_time", "decode_critical", "decode_total"):
         print(f"{key:<28}{table['grpo'][key]:>12.4f}{table['soup'][key]:>12.4f}{ratio(key):>12.3f}")
-    print(f"{'step_time (mean)':<28}{means['grpo']:>12.4f}{means['soup']:>12.4f}{means['soup'] / means['grpo']:>12.3f}")
-    print(f"{'peak GPU memory (MiB)' if args.mode == 'gpu' else 'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
-    print("SOUP time breakdown (median s/step): " + ", ".join(
-        f"{k} {table['soup'][k]:.4f}"
-        for k in ("behavior_wait", "behavior_sample", "continuation", "logp_forwards", "refresh")))
+    print(
+        f"{'step_time (mean)':<28}{means['grpo']:>12.4f}{means['soup']:>12.4f}{means['soup'] / means['grpo']:>12.3f}"
+    )
+    print(
+        f"{'peak GPU memory (MiB)' if args.mode == 'gpu' else 'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}"
+    )
+    print(
+        "SOUP time breakdown (median s/step): "
+        + ", ".join(
+            f"{k} {table['soup'][k]:.4f}"
+            for k in ("behavior_wait", "behavior_sample", "continuation", "logp_forwards", "refresh")
+        )
+    )
     summary = {
-        "mode": args.mode, "prefetch": args.prefetch, "prefix_strategy": args.prefix_strategy, "prefix_ratio": args.prefix_ratio,
+        "mode": args.mode,
+        "prefetch": args.prefetch,
+        "prefix_strategy": args.prefix_strategy,
+        "prefix_ratio": args.prefix_ratio,
         "old_logps_from_loss_forward": args.old_logps_from_loss_forward,
-        "refresh_interval": args.refresh_interval, "step_time_ratio": ratio("step_time"),
-        "peak_memory_ratio": peak["soup"] / peak["grpo"], "critical_path_decode_ratio": ratio("decode_critical"),
+        "refresh_interval": args.refresh_interval,
+        "step_time_ratio": ratio("step_time"),
+        "peak_memory_ratio": peak["soup"] / peak["grpo"],
+        "critical_path_decode_ratio": ratio("decode_critical"),
         "total_decode_ratio": ratio("decode_total"),
     }
     with open(args.output or os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump({"summary": summary, "medians": table, "mean_step_time": means, "peak_rss_mib": peak, "args": vars(args)}, f, indent=2)
+        json.dump(
+            {"summary": summary, "medians": table, "mean_step_time": means, "peak_rss_mib": peak, "args": vars(args)},
+            f,
+            indent=2,
+        )
     print(json.dumps(summary))
 
 

@@ -71,18 +71,42 @@ def trained(tmp_path_factory, tokenizer):
     dataset = Dataset.from_dict({"prompt": prompts})
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3)
     soup = RecordingTrainer(
-        model=build_tiny_model(tokenizer, seed=0), reward_funcs=digit_share_reward, args=args,
-        train_dataset=dataset, processing_class=tokenizer,
+        model=build_tiny_model(tokenizer, seed=0),
+        reward_funcs=digit_share_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
     )
     soup.train()
-    grpo_args = GRPOConfig(**{k: getattr(args, k) for k in (
-        "output_dir", "use_cpu", "report_to", "per_device_train_batch_size", "num_generations",
-        "max_completion_length", "learning_rate", "temperature", "seed", "epsilon", "epsilon_high", "loss_type",
-        "bf16")})
+    grpo_args = GRPOConfig(
+        **{
+            k: getattr(args, k)
+            for k in (
+                "output_dir",
+                "use_cpu",
+                "report_to",
+                "per_device_train_batch_size",
+                "num_generations",
+                "max_completion_length",
+                "learning_rate",
+                "temperature",
+                "seed",
+                "epsilon",
+                "epsilon_high",
+                "loss_type",
+                "bf16",
+            )
+        }
+    )
     grpo_model = build_tiny_model(tokenizer, seed=0)
     grpo_model.load_state_dict(soup.model.state_dict())
-    grpo = GRPOTrainer(model=grpo_model, reward_funcs=digit_share_reward, args=grpo_args, train_dataset=dataset,
-                       processing_class=tokenizer)
+    grpo = GRPOTrainer(
+        model=grpo_model,
+        reward_funcs=digit_share_reward,
+        args=grpo_args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     grpo.current_gradient_accumulation_steps = soup.current_gradient_accumulation_steps  # set by train() on soup
     soup.model.train()
     grpo.model.train()

@@ -15,8 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
 
 
-def accelerate_launch(config: str, script: Path, args: list[str], cwd: Path, *, timeout: int, what: str,
-                      env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def accelerate_launch(
+    config: str,
+    script: Path,
+    args: list[str],
+    cwd: Path,
+    *,
+    timeout: int,
+    what: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """`accelerate launch --config_file recipes/accelerate_configs/<config> script args...` with the repository on
     PYTHONPATH and one thread per process; fails the test with the tail of both streams if it times out or exits
     non-zero."""
@@ -29,17 +37,28 @@ def accelerate_launch(config: str, script: Path, args: list[str], cwd: Path, *, 
         TRANSFORMERS_VERBOSITY="error",
         **(env or {}),
     )
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config),
-               str(script), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / config),
+        str(script),
+        *args,
+    ]
     try:
         process = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
-        pytest.fail(f"{what} timed out after {timeout} s (a collective out of step hangs).\n"
-                    f"stdout:\n{error.stdout}\nstderr:\n{error.stderr}")
+        pytest.fail(
+            f"{what} timed out after {timeout} s (a collective out of step hangs).\n"
+            f"stdout:\n{error.stdout}\nstderr:\n{error.stderr}"
+        )
     if process.returncode != 0:
         skip_if_kv_cache_refused(process.stderr)  # a vLLM engine in the run found too little free memory
-        pytest.fail(f"{what} exited with {process.returncode}.\nstdout (tail):\n{process.stdout[-5000:]}\n"
-                    f"stderr (tail):\n{process.stderr[-20000:]}")
+        pytest.fail(
+            f"{what} exited with {process.returncode}.\nstdout (tail):\n{process.stdout[-5000:]}\n"
+            f"stderr (tail):\n{process.stderr[-20000:]}"
+        )
     return process
 
 

@@ -69,12 +69,19 @@ def test_trainer_is_glue():
     methods = [n for n in cls.body if isinstance(n, ast.FunctionDef)]
     upstream = {name for klass in trl.GRPOTrainer.__mro__ for name in vars(klass)}
     overridden = [m for m in methods if m.name in upstream and m.name != "__init__"]
-    assert {m.name for m in overridden} >= {"_generate_and_score_completions", "_generate_single_turn", "_compute_loss"}
+    assert {m.name for m in overridden} >= {
+        "_generate_and_score_completions",
+        "_generate_single_turn",
+        "_compute_loss",
+    }
     for method in overridden:
         assert f"``{method.name}``" in docstring, f"{method.name} overrides GRPOTrainer but is not in the docstring"
-        calls_super = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "super"
-                          for n in ast.walk(method))
+        calls_super = any(
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "super" for n in ast.walk(method)
+        )
         assert calls_super, f"{method.name} does not call super()"
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef):
-            assert node.end_lineno - node.lineno + 1 <= 40, f"{node.name} has {node.end_lineno - node.lineno + 1} lines"
+            assert node.end_lineno - node.lineno + 1 <= 40, (
+                f"{node.name} has {node.end_lineno - node.lineno + 1} lines"
+            )

@@ -16,15 +16,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_reports_ratios(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--steps", "3", "--warmup", "1", "--repeats",
-         "1", "--refresh_interval", "4", "--batch_size", "16", "--old_logps_from_loss_forward", "--trainer_cpus", "0", "--output_dir",
-         str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "soup_vs_grpo.py"),
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--repeats",
+            "1",
+            "--refresh_interval",
+            "4",
+            "--batch_size",
+            "16",
+            "--old_logps_from_loss_forward",
+            "--trainer_cpus",
+            "0",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    for key in ("mode", "prefix_ratio", "refresh_interval", "step_time_ratio", "peak_memory_ratio",
-                "critical_path_decode_ratio", "total_decode_ratio"):
+    for key in (
+        "mode",
+        "prefix_ratio",
+        "refresh_interval",
+        "step_time_ratio",
+        "peak_memory_ratio",
+        "critical_path_decode_ratio",
+        "total_decode_ratio",
+    ):
         assert key in summary, key
     assert summary["mode"] == "local" and summary["refresh_interval"] == 4
     # Steps 2-3 are relay batches with full-response truncation: the behavior copy decodes whole responses that are
@@ -46,8 +72,18 @@ def test_benchmark_reports_ratios(tmp_path):
 def test_benchmark_refuses_prefetch_with_local_backend(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--prefetch", "1", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "soup_vs_grpo.py"),
+            "--prefetch",
+            "1",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2 and "--prefetch needs --mode vllm_server" in result.stderr
 
@@ -60,6 +96,9 @@ def test_benchmark_gpu_mode_needs_cuda(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--mode", "gpu", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 2 and "--mode gpu needs a CUDA GPU" in result.stderr

@@ -10,15 +10,19 @@ import dataclasses
 import re
 
 import pytest
-from transformers import HfArgumentParser
-
 import trl
+from transformers import HfArgumentParser
 from trl import GRPOConfig
+
 from trl_soup import SOUPConfig, SOUPTrainer, available_prefix_strategies, register_prefix_strategy
 from trl_soup.truncation import _PREFIX_STRATEGIES
 
 SOUP_FIELDS = (
-    "prefix_strategy", "prefix_ratio", "prefix_entropy_top_k", "behavior_refresh_interval", "behavior_backend",
+    "prefix_strategy",
+    "prefix_ratio",
+    "prefix_entropy_top_k",
+    "behavior_refresh_interval",
+    "behavior_backend",
 )
 
 
@@ -30,16 +34,25 @@ def _default(f: dataclasses.Field):
 # at once.
 _GRPO_FIELDS = {f.name: f for f in dataclasses.fields(GRPOConfig)}
 ADDED_OR_CHANGED_FIELDS = tuple(
-    f.name for f in dataclasses.fields(SOUPConfig)
-    if f.name not in _GRPO_FIELDS or _default(f) != _default(_GRPO_FIELDS[f.name])
+    f.name
+    for f in dataclasses.fields(SOUPConfig)
+    if f.name not in _GRPO_FIELDS
+    or _default(f) != _default(_GRPO_FIELDS[f.name])
     or f.metadata != _GRPO_FIELDS[f.name].metadata
 )
 # Plumbing (server address, timeouts, weight transfer, files): no paper section to cite. Every other SOUP field cites
 # the paper (a section, equation, figure or appendix).
 PLUMBING_FIELDS = (
-    "behavior_server_base_url", "behavior_server_host", "behavior_server_port", "behavior_server_timeout",
-    "behavior_server_connect_timeout", "behavior_server_max_retries", "behavior_refresh_method",
-    "behavior_server_group_port", "behavior_refresh_dir", "prefix_entropy_logprobs",
+    "behavior_server_base_url",
+    "behavior_server_host",
+    "behavior_server_port",
+    "behavior_server_timeout",
+    "behavior_server_connect_timeout",
+    "behavior_server_max_retries",
+    "behavior_refresh_method",
+    "behavior_server_group_port",
+    "behavior_refresh_dir",
+    "prefix_entropy_logprobs",
 )
 PAPER_REFERENCE = re.compile(r"\b(Sec\.|Eq\.|Fig\.|Appendix)")
 
@@ -210,12 +223,15 @@ def test_behavior_server_fields_refused(tmp_path, field, value, allowed):
 # ------------------------------------------------------------------------------------------------ GRPO options
 
 
-@pytest.mark.parametrize("settings", [
-    dict(importance_sampling_level="sequence"),
-    dict(loss_type="luspo", importance_sampling_level="sequence"),
-    dict(loss_type="vespo"),
-    dict(off_policy_mask_threshold=0.5),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(importance_sampling_level="sequence"),
+        dict(loss_type="luspo", importance_sampling_level="sequence"),
+        dict(loss_type="vespo"),
+        dict(off_policy_mask_threshold=0.5),
+    ],
+)
 def test_sequence_level_options_accepted(tmp_path, settings):
     """Defined with the mixed denominator of Eq. 5 (docs/equations.md); their loss is tested in test_grpo_options."""
     config = make_config(tmp_path, **settings)
@@ -254,7 +270,9 @@ def test_registered_strategy_is_accepted(tmp_path):
     assert name not in available_prefix_strategies()
     assert "prefix_strategy" in refused(tmp_path, prefix_strategy=name)  # refused before registration
     try:
-        register_prefix_strategy(name)(lambda completion_ids, logps, entropies, mask, generator, args: mask.sum(1) // 4)
+        register_prefix_strategy(name)(
+            lambda completion_ids, logps, entropies, mask, generator, args: mask.sum(1) // 4
+        )
         assert name in available_prefix_strategies()
         assert make_config(tmp_path, prefix_strategy=name).prefix_strategy == name
         # The error for an unknown name now lists it too.
@@ -294,7 +312,9 @@ def test_hf_argument_parser(tmp_path):
 def test_parser_validates(tmp_path):
     parser = trl.TrlParser((SOUPConfig,))
     with pytest.raises(ValueError, match="behavior_refresh_interval"):
-        parser.parse_args_and_config(args=[*CLI[:2], "--behavior_refresh_interval", "0", "--output_dir", str(tmp_path)])
+        parser.parse_args_and_config(
+            args=[*CLI[:2], "--behavior_refresh_interval", "0", "--output_dir", str(tmp_path)]
+        )
     with pytest.raises(ValueError, match="behavior_refresh_method"):
         parser.parse_args_and_config(args=["--behavior_refresh_method", "ftp", "--output_dir", str(tmp_path)])
 
@@ -336,14 +356,20 @@ def test_trainer_refuses_before_loading_the_model(tmp_path, option, value):
 
 def test_trainer_accepts_rollout_func_at_t1(tmp_path, make_model, tokenizer):
     """T = 1 is plain DAPO: SOUPTrainer takes what GRPOTrainer takes, and builds no behavior copy."""
+
     def rollout(prompts, trainer):
         return {}
 
     from datasets import Dataset
 
-    trainer = SOUPTrainer(model=make_model(seed=0), reward_funcs=_reward, processing_class=tokenizer,
-                          args=make_config(tmp_path, behavior_refresh_interval=1), rollout_func=rollout,
-                          train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 8}))
+    trainer = SOUPTrainer(
+        model=make_model(seed=0),
+        reward_funcs=_reward,
+        processing_class=tokenizer,
+        args=make_config(tmp_path, behavior_refresh_interval=1),
+        rollout_func=rollout,
+        train_dataset=Dataset.from_dict({"prompt": ["1+1="] * 8}),
+    )
     assert trainer.behavior is None and trainer.rollout_func is rollout
 
 
@@ -370,8 +396,11 @@ def test_fsdp_refused(tmp_path):
 def test_deepspeed_zero3_accepted(tmp_path):
     # ZeRO-3 is supported (the local behavior copy is partitioned like TRL's reference model; tests/test_zero3.py).
     pytest.importorskip("deepspeed")
-    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
-             "gradient_accumulation_steps": "auto"}
+    zero3 = {
+        "zero_optimization": {"stage": 3},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+    }
     config = make_config(tmp_path, deepspeed=zero3)
     assert config.deepspeed_plugin is not None and config.deepspeed_plugin.zero_stage == 3
     del config  # drop the global HF DeepSpeed config with it, so later models are not built under zero.Init
@@ -380,8 +409,11 @@ def test_deepspeed_zero3_accepted(tmp_path):
 def test_peft_with_local_backend_under_zero3_refused_before_loading(tmp_path):
     pytest.importorskip("deepspeed")
     peft = pytest.importorskip("peft")
-    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto",
-             "gradient_accumulation_steps": "auto"}
+    zero3 = {
+        "zero_optimization": {"stage": 3},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+    }
     config = make_config(tmp_path, deepspeed=zero3)
     missing = tmp_path / "no-such-model"  # loading it would fail with another error: the refusal comes first
     with pytest.raises(ValueError, match="peft_config with behavior_backend='local'.*ZeRO-3"):
@@ -454,8 +486,9 @@ def test_nccl_refresh_refused_on_cpu(tmp_path):
     make_config(tmp_path, behavior_backend="vllm_server", behavior_refresh_method="disk")
 
 
-@pytest.mark.parametrize("where", [dict(behavior_server_base_url="http://10.1.2.3:8001"),
-                                   dict(behavior_server_host="gpu-node-7")])
+@pytest.mark.parametrize(
+    "where", [dict(behavior_server_base_url="http://10.1.2.3:8001"), dict(behavior_server_host="gpu-node-7")]
+)
 def test_non_loopback_behavior_server_warns(tmp_path, where):
     with pytest.warns(UserWarning, match="dev-mode endpoints.*reload weights"):
         make_config(tmp_path, behavior_backend="vllm_server", **where)
@@ -486,12 +519,21 @@ def test_dataset_without_prompt_column_refused_with_the_columns_found(tmp_path):
         SOUPTrainer(model=str(missing), reward_funcs=_reward, args=make_config(tmp_path), train_dataset=data)
 
 
-@pytest.mark.parametrize("overrides,option", [
-    (dict(prefix_strategy="entropy", prefix_ratio=0.3), "prefix_ratio=0.3 is ignored: prefix_strategy='entropy'"),
-    (dict(prefix_strategy="ratio", prefix_entropy_top_k=8), "prefix_entropy_top_k=8 is ignored: prefix_strategy='ratio'"),
-    (dict(behavior_server_port=9000), "behavior_server_port=9000 is ignored: it configures behavior_backend='vllm_server'"),
-    (dict(behavior_refresh_method="lora"), "behavior_refresh_method='lora' is ignored"),
-])
+@pytest.mark.parametrize(
+    "overrides,option",
+    [
+        (dict(prefix_strategy="entropy", prefix_ratio=0.3), "prefix_ratio=0.3 is ignored: prefix_strategy='entropy'"),
+        (
+            dict(prefix_strategy="ratio", prefix_entropy_top_k=8),
+            "prefix_entropy_top_k=8 is ignored: prefix_strategy='ratio'",
+        ),
+        (
+            dict(behavior_server_port=9000),
+            "behavior_server_port=9000 is ignored: it configures behavior_backend='vllm_server'",
+        ),
+        (dict(behavior_refresh_method="lora"), "behavior_refresh_method='lora' is ignored"),
+    ],
+)
 def test_options_the_run_ignores_are_named(tmp_path, overrides, option):
     with pytest.warns(UserWarning, match=re.escape(option)):
         make_config(tmp_path, **overrides)
@@ -502,4 +544,3 @@ def test_no_ignored_option_warning_for_used_options(tmp_path, recwarn):
     make_config(tmp_path, prefix_strategy="entropy", prefix_entropy_top_k=8)
     make_config(tmp_path, behavior_backend="vllm_server", behavior_server_port=9000)
     assert [str(w.message) for w in recwarn if "is ignored" in str(w.message)] == []
-

@@ -327,8 +327,9 @@ def _hand_batch():
       row sum = -1.6 - 3.0 = -4.6
     J = (2.88 - 4.6) / sum|o_i| = -1.72 / 5 = -0.344, so the loss is -J = 0.344.
     """
-    per_token_logps = torch.tensor([[LOG(0.75), LOG(0.55), LOG(0.4)], [LOG(0.35), LOG(0.6), LOG(0.5)]],
-                                    dtype=torch.float64)
+    per_token_logps = torch.tensor(
+        [[LOG(0.75), LOG(0.55), LOG(0.4)], [LOG(0.35), LOG(0.6), LOG(0.5)]], dtype=torch.float64
+    )
     old = torch.tensor([[LOG(0.9), LOG(0.5), LOG(0.8)], [LOG(0.9), LOG(0.9), LOG(0.05)]], dtype=torch.float64)
     behavior = torch.tensor([[LOG(0.5), 0.0, 0.0], [LOG(0.5), LOG(0.4), 0.0]], dtype=torch.float64)
     prefix_mask = torch.tensor([[1, 0, 0], [1, 1, 0]])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from vllm_server import MiB, kv_cache_bytes, skip_if_kv_cache_refused
 
 from trl_soup.evaluation import (
     TransformersGenerator,
@@ -22,7 +23,6 @@ from trl_soup.evaluation import (
     plan_relay,
     relay_generate,
 )
-from vllm_server import MiB, kv_cache_bytes, skip_if_kv_cache_refused
 
 ROOT = Path(__file__).resolve().parents[1]
 EOS = 1  # trl_soup.toy: <eos> = 1, <pad> = 0
@@ -57,10 +57,18 @@ def test_pass_at_k_edges_are_exact_and_large_n_is_stable():
     assert pass_at_k(100000, 1, 1) == pytest.approx(1e-5, rel=1e-12)
 
 
-@pytest.mark.parametrize(("n", "c", "k", "message"), [
-    (4, 1, 5, "k must be in"), (4, 1, 0, "k must be in"), (4, 5, 1, "c must be in"), (4, -1, 1, "c must be in"),
-    (0, 0, 1, "n must be >= 1"), (-3, 0, 1, "n must be >= 1"), (4.0, 1, 1, "n must be an int"),
-])
+@pytest.mark.parametrize(
+    ("n", "c", "k", "message"),
+    [
+        (4, 1, 5, "k must be in"),
+        (4, 1, 0, "k must be in"),
+        (4, 5, 1, "c must be in"),
+        (4, -1, 1, "c must be in"),
+        (0, 0, 1, "n must be >= 1"),
+        (-3, 0, 1, "n must be >= 1"),
+        (4.0, 1, 1, "n must be an int"),
+    ],
+)
 def test_pass_at_k_refuses_bad_input(n, c, k, message):
     with pytest.raises(ValueError, match=message):
         pass_at_k(n, c, k)
@@ -100,8 +108,8 @@ def test_plan_relay_cuts_by_ratio_and_keeps_eos_prefixes_final():
     prompts = [[7, 8], [9]]
     responses = [
         [20, 21, 22, 23, EOS],  # 5 tokens: keeps floor(2.5 + 0.5) = 3
-        [20, EOS],              # 2 tokens: keeps 1
-        [EOS],                  # 1 token: keeps floor(0.5 + 0.5) = 1 = the whole response, ends with EOS: final
+        [20, EOS],  # 2 tokens: keeps 1
+        [EOS],  # 1 token: keeps floor(0.5 + 0.5) = 1 = the whole response, ends with EOS: final
         [30, 31, 32, 33, 34, 35],  # hit the budget (6): keeps 3
     ]
     plan = plan_relay(prompts, responses, n=2, prefix_ratio=0.5, max_new_tokens=6, eos_token_ids=[EOS])
@@ -158,8 +166,15 @@ def test_relay_switches_checkpoints_at_the_cut(two_models):
     prefix_model, continuation_model = two_models
     make = lambda m: TransformersGenerator(m, pad_token_id=0, eos_token_ids=[EOS], temperature=0.0)  # noqa: E731
     max_new_tokens, ratio = 12, 0.5
-    responses, prefix_lengths = relay_generate(make(prefix_model), make(continuation_model), PROMPTS, max_new_tokens,
-                                               n=1, prefix_ratio=ratio, eos_token_ids=[EOS])
+    responses, prefix_lengths = relay_generate(
+        make(prefix_model),
+        make(continuation_model),
+        PROMPTS,
+        max_new_tokens,
+        n=1,
+        prefix_ratio=ratio,
+        eos_token_ids=[EOS],
+    )
     differs_from_prefix_model = 0
     for prompt, response, k in zip(PROMPTS, responses, prefix_lengths, strict=True):
         alone = greedy_reference(prefix_model, prompt, max_new_tokens)
@@ -176,8 +191,9 @@ def test_sampled_relay_prefix_is_what_the_prefix_model_samples_alone(two_models)
     prefix_model, continuation_model = two_models
     make = lambda m: TransformersGenerator(m, pad_token_id=0, eos_token_ids=[EOS], temperature=1.0)  # noqa: E731
     alone = make(prefix_model).generate(PROMPTS, 10, n=3, seed=7)
-    responses, prefix_lengths = relay_generate(make(prefix_model), make(continuation_model), PROMPTS, 10, n=3,
-                                               prefix_ratio=0.3, eos_token_ids=[EOS], seed=7)
+    responses, prefix_lengths = relay_generate(
+        make(prefix_model), make(continuation_model), PROMPTS, 10, n=3, prefix_ratio=0.3, eos_token_ids=[EOS], seed=7
+    )
     assert len(set(map(tuple, alone))) > 1  # really sampled
     for full, response, k in zip(alone, responses, prefix_lengths, strict=True):
         assert k == math.floor(len(full) * 0.3 + 0.5)
@@ -191,11 +207,21 @@ def test_relay_from_given_prefix_responses_is_the_same_relay(two_models):
     def make(model):
         return TransformersGenerator(model, pad_token_id=0, eos_token_ids=[EOS], temperature=1.0)
 
-    expected = relay_generate(make(prefix_model), make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5,
-                              eos_token_ids=[EOS], seed=3)
+    expected = relay_generate(
+        make(prefix_model), make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5, eos_token_ids=[EOS], seed=3
+    )
     full = make(prefix_model).generate(PROMPTS, 10, n=2, seed=3)
-    given = relay_generate(None, make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5, eos_token_ids=[EOS],
-                           seed=3, prefix_responses=full)
+    given = relay_generate(
+        None,
+        make(continuation_model),
+        PROMPTS,
+        10,
+        n=2,
+        prefix_ratio=0.5,
+        eos_token_ids=[EOS],
+        seed=3,
+        prefix_responses=full,
+    )
     assert given == expected
     with pytest.raises(ValueError, match="pass a prefix_generator, or the prefix model's responses"):
         relay_generate(None, make(continuation_model), PROMPTS, 10, n=2, prefix_ratio=0.5, eos_token_ids=[EOS])
@@ -206,7 +232,9 @@ def test_relay_from_given_prefix_responses_is_the_same_relay(two_models):
 
 def run_recipe(monkeypatch, *argv):
     monkeypatch.setattr(sys, "argv", ["evaluate.py", *map(str, argv)])
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))  # as `python recipes/evaluate.py` does: imports math_benchmarks.py
+    monkeypatch.syspath_prepend(
+        str(ROOT / "recipes")
+    )  # as `python recipes/evaluate.py` does: imports math_benchmarks.py
     runpy.run_path(str(ROOT / "recipes" / "evaluate.py"), run_name="__main__")
 
 
@@ -234,8 +262,24 @@ def read_outputs(out: Path):
     return scores, samples
 
 
-COMMON = ["--dataset_path", None, "--num_samples", 8, "--temperature", 0.2, "--top_p", 1.0, "--max_new_tokens", 12,
-          "--prompt_template", "{problem}", "--backend", "transformers", "--seed", 0]
+COMMON = [
+    "--dataset_path",
+    None,
+    "--num_samples",
+    8,
+    "--temperature",
+    0.2,
+    "--top_p",
+    1.0,
+    "--max_new_tokens",
+    12,
+    "--prompt_template",
+    "{problem}",
+    "--backend",
+    "transformers",
+    "--seed",
+    0,
+]
 
 
 @pytest.mark.slow
@@ -265,15 +309,27 @@ def test_recipe_scores_match_its_samples(toy_checkpoints, tmp_path, monkeypatch)
 def test_recipe_relay_inference(toy_checkpoints, tmp_path, monkeypatch):
     root = toy_checkpoints
     args = [str(root / "copy.jsonl") if a is None else a for a in COMMON]
-    run_recipe(monkeypatch, "--model_name_or_path", root / "trained", "--prefix_model_name_or_path", root / "random",
-               "--prefix_ratio", 0.5, *args, "--output_dir", tmp_path)
+    run_recipe(
+        monkeypatch,
+        "--model_name_or_path",
+        root / "trained",
+        "--prefix_model_name_or_path",
+        root / "random",
+        "--prefix_ratio",
+        0.5,
+        *args,
+        "--output_dir",
+        tmp_path,
+    )
     scores, samples = read_outputs(tmp_path)
     result = scores["benchmarks"]["copy"]
     assert scores["settings"]["relay"] is True and scores["settings"]["prefix_ratio"] == 0.5
     assert all(1 <= s["prefix_length"] <= s["num_tokens"] <= 12 for s in samples)
     fraction = sum(s["prefix_length"] for s in samples) / sum(s["num_tokens"] for s in samples)
     assert result["prefix_token_fraction"] == pytest.approx(fraction) and 0 < fraction < 1
-    assert result["correct_counts"] == [sum(s["correct"] for s in samples if s["problem_index"] == p) for p in range(6)]
+    assert result["correct_counts"] == [
+        sum(s["correct"] for s in samples if s["problem_index"] == p) for p in range(6)
+    ]
 
 
 def test_recipe_refuses_bad_options_before_loading(tmp_path, monkeypatch):
@@ -315,9 +371,16 @@ def test_vllm_generator_relay_matches_greedy_reference(two_models, tmp_path, mon
     threads = torch.get_num_threads()
     try:
         try:
-            engine = VLLMGenerator(path, temperature=0.0, dtype="float32", max_model_len=512,
-                                   gpu_memory_utilization=0.1, kv_cache_memory_bytes=kv_cache_memory_bytes,
-                                   enforce_eager=True, seed=0)
+            engine = VLLMGenerator(
+                path,
+                temperature=0.0,
+                dtype="float32",
+                max_model_len=512,
+                gpu_memory_utilization=0.1,
+                kv_cache_memory_bytes=kv_cache_memory_bytes,
+                enforce_eager=True,
+                seed=0,
+            )
         except (ValueError, RuntimeError) as error:
             skip_if_kv_cache_refused(f"{error}\n{error.__cause__}")
             raise
@@ -325,8 +388,9 @@ def test_vllm_generator_relay_matches_greedy_reference(two_models, tmp_path, mon
         assert out == [greedy_reference(continuation_model, PROMPTS[r // 2], [7, 0, 3][r // 2]) for r in range(6)]
 
         prefix = TransformersGenerator(prefix_model, pad_token_id=0, eos_token_ids=[EOS], temperature=0.0)
-        responses, prefix_lengths = relay_generate(prefix, engine, PROMPTS, 12, n=1, prefix_ratio=0.5,
-                                                   eos_token_ids=[EOS])
+        responses, prefix_lengths = relay_generate(
+            prefix, engine, PROMPTS, 12, n=1, prefix_ratio=0.5, eos_token_ids=[EOS]
+        )
         for prompt, response, k in zip(PROMPTS, responses, prefix_lengths, strict=True):
             alone = greedy_reference(prefix_model, prompt, 12)
             assert response[:k] == alone[:k]

@@ -71,18 +71,33 @@ def test_a_generate_that_runs_no_forward_falls_back_to_scoring(tmp_path, tokeniz
     prompt = torch.tensor([tokenizer("3+4=", add_special_tokens=False)["input_ids"]])
     samples = trainer.behavior.sample(prompt.tolist(), len(digits))
     snapshot = trainer.behavior.snapshot
-    expected, _ = reference_logps(snapshot, prompt, torch.ones_like(prompt), samples.completion_ids,
-                                  samples.mask, trainer.args.temperature)
+    expected, _ = reference_logps(
+        snapshot, prompt, torch.ones_like(prompt), samples.completion_ids, samples.mask, trainer.args.temperature
+    )
     torch.testing.assert_close(samples.per_token_logps, expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["num_beams", "num_beam_groups"])
 def test_beam_search_refused_on_relay_batches_only(name, tmp_path):
     with pytest.raises(ValueError, match=f"{name}.*behavior_refresh_interval=4.*Allowed"):
-        SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=4, generation_kwargs={name: 2})
+        SOUPConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            bf16=False,
+            behavior_refresh_interval=4,
+            generation_kwargs={name: 2},
+        )
     # T = 1 is plain DAPO: whatever GRPOTrainer accepts.
-    SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=1, generation_kwargs={"num_beams": 2})
-    SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=4, generation_kwargs={name: 1})
+    SOUPConfig(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        bf16=False,
+        behavior_refresh_interval=1,
+        generation_kwargs={"num_beams": 2},
+    )
+    SOUPConfig(
+        output_dir=str(tmp_path), use_cpu=True, bf16=False, behavior_refresh_interval=4, generation_kwargs={name: 1}
+    )
 
 
 def test_local_backend_prefix_ratio_with_sampling_filters(tmp_path, make_trainer):

@@ -26,8 +26,9 @@ def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, make_mod
 
     def refresh():  # keep the weights each refresh gave the behavior copy
         original_refresh()
-        snapshots.append({k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model)
-                          .state_dict().items()})
+        snapshots.append(
+            {k: v.detach().clone() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()}
+        )
 
     trainer.behavior.refresh = refresh
     trainer.train()
@@ -38,12 +39,19 @@ def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, make_mod
     reference = make_model(seed=0).to(torch.bfloat16).cuda()
     reference.load_state_dict(snapshots[-1])
     batch = trainer.batches[-1]
-    ref, _ = reference_logps(reference, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                             batch["completion_mask"], args.temperature)
+    ref, _ = reference_logps(
+        reference,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        args.temperature,
+    )
     prefix = batch["prefix_mask"].bool()
     assert prefix.any()
-    torch.testing.assert_close(batch["behavior_per_token_logps"][prefix].float(), ref[prefix].float(), atol=5e-2,
-                               rtol=0)
+    torch.testing.assert_close(
+        batch["behavior_per_token_logps"][prefix].float(), ref[prefix].float(), atol=5e-2, rtol=0
+    )
 
 
 @require_vllm
@@ -55,16 +63,27 @@ def test_nccl_refresh_matches_the_learner(tmp_path, tokenizer, make_model, make_
 
     served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
     with start_vllm_server(served) as url:
-        args = soup_args(tmp_path, use_cpu=False, behavior_backend="vllm_server", behavior_server_base_url=url,
-                         behavior_refresh_method="nccl", behavior_refresh_interval=2, max_steps=3)
+        args = soup_args(
+            tmp_path,
+            use_cpu=False,
+            behavior_backend="vllm_server",
+            behavior_server_base_url=url,
+            behavior_refresh_method="nccl",
+            behavior_refresh_interval=2,
+            max_steps=3,
+        )
         trainer = make_trainer(args)
         refreshed = []
         original_refresh = trainer.behavior.refresh
 
         def refresh():  # the learner's weights as the server received them
             original_refresh()
-            refreshed.append({k: v.detach().float().cpu().clone() for k, v in
-                              trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+            refreshed.append(
+                {
+                    k: v.detach().float().cpu().clone()
+                    for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()
+                }
+            )
 
         trainer.behavior.refresh = refresh
         trainer.train()  # refreshes before steps 1 and 3
@@ -91,9 +110,15 @@ def test_vllm_server_continuations(tmp_path, tokenizer, make_model, make_trainer
     served = save_toy_model(tmp_path / "served", model=make_model(seed=0), tokenizer=tokenizer)
     with start_vllm_server(served) as url:
         address = urlparse(str(url))
-        args = soup_args(tmp_path, use_cpu=False, use_vllm=True, vllm_mode="server",
-                         vllm_server_base_url=f"http://{address.hostname}:{address.port}",
-                         behavior_refresh_interval=3, max_steps=6)
+        args = soup_args(
+            tmp_path,
+            use_cpu=False,
+            use_vllm=True,
+            vllm_mode="server",
+            vllm_server_base_url=f"http://{address.hostname}:{address.port}",
+            behavior_refresh_interval=3,
+            max_steps=6,
+        )
         trainer = make_trainer(args, trainer_class=RecordingTrainer, relay_only=True)
         trainer.train()
     assert len(trainer.batches) == 4  # steps 2, 3, 5, 6

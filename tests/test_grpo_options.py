@@ -59,8 +59,9 @@ def test_relay_loss_is_trl_loss_with_the_mixed_denominator(trained, loss_type, o
     if loss_type == "cispo":  # CISPO caps the ratio at epsilon_high (its papers use ~5): 0.28 would cap every token
         attributes["epsilon_high"] = 5.0
     saved = _set((soup, grpo), **attributes)
-    mixed = mixed_old_per_token_logps(batch["prefix_mask"], batch["behavior_per_token_logps"],
-                                      batch["old_per_token_logps"])
+    mixed = mixed_old_per_token_logps(
+        batch["prefix_mask"], batch["behavior_per_token_logps"], batch["old_per_token_logps"]
+    )
     try:
         with torch.no_grad():
             loss = soup._compute_loss(soup.model, batch)
@@ -83,29 +84,39 @@ def test_sequence_level_dapo_loss_by_hand(trained):
         with torch.no_grad():
             loss = soup._compute_loss(soup.model, batch)
             per_token_logps, _, _ = soup._get_per_token_logps_and_entropies(
-                soup.model, torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
-                torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1), batch["completion_ids"].size(1))
+                soup.model,
+                torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1),
+                torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+                batch["completion_ids"].size(1),
+            )
     finally:
         _set((soup,), **saved[0])
     mask = batch["completion_mask"].float()
-    denominator = mixed_old_per_token_logps(batch["prefix_mask"], batch["behavior_per_token_logps"],
-                                            batch["old_per_token_logps"])
+    denominator = mixed_old_per_token_logps(
+        batch["prefix_mask"], batch["behavior_per_token_logps"], batch["old_per_token_logps"]
+    )
     weight = sequence_log_importance_weights(per_token_logps, denominator, mask).exp()  # (B, 1)
     advantages = batch["advantages"].unsqueeze(1)
-    surrogate = torch.minimum(weight * advantages,
-                              weight.clamp(1 - soup.args.epsilon, 1 + soup.args.epsilon_high) * advantages)
-    normalizer = batch["num_items_in_batch"] * soup.current_gradient_accumulation_steps / soup.args.steps_per_generation
+    surrogate = torch.minimum(
+        weight * advantages, weight.clamp(1 - soup.args.epsilon, 1 + soup.args.epsilon_high) * advantages
+    )
+    normalizer = (
+        batch["num_items_in_batch"] * soup.current_gradient_accumulation_steps / soup.args.steps_per_generation
+    )
     expected = -(surrogate * mask).sum() / normalizer
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("settings", [
-    dict(importance_sampling_level="sequence"),
-    dict(loss_type="luspo", importance_sampling_level="sequence"),
-    dict(loss_type="vespo"),
-    dict(off_policy_mask_threshold=0.5),
-    dict(cast_lm_head_to_fp32=True),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(importance_sampling_level="sequence"),
+        dict(loss_type="luspo", importance_sampling_level="sequence"),
+        dict(loss_type="vespo"),
+        dict(off_policy_mask_threshold=0.5),
+        dict(cast_lm_head_to_fp32=True),
+    ],
+)
 @pytest.mark.parametrize("refresh_interval", [1, 2])
 def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, make_trainer):
     """Accepted by SOUPConfig and SOUPTrainer at T = 1 (plain DAPO, as GRPOTrainer) and on relay batches."""
@@ -135,5 +146,7 @@ def test_cast_lm_head_to_fp32_is_shared_by_the_behavior_copy(tied, tmp_path, mak
 
 
 def test_unknown_loss_type_has_its_own_message(tmp_path):
-    with pytest.raises(ValueError, match=r"loss_type='nope' is not a loss type of TRL 1.16\. Allowed values: \['dapo'"):
+    with pytest.raises(
+        ValueError, match=r"loss_type='nope' is not a loss type of TRL 1.16\. Allowed values: \['dapo'"
+    ):
         SOUPConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, loss_type="nope")

@@ -40,12 +40,22 @@ def test_relay_loss_is_eq1_with_mixed_ratio(trained, make_model):
     current.load_state_dict({k: v for k, v in soup.model.state_dict().items()})
     current.eval()
     per_token_logps, _ = reference_logps(
-        current, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"],
+        current,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
         soup.args.temperature,
     )
     expected = dapo_token_loss(
-        per_token_logps, batch["old_per_token_logps"], batch["behavior_per_token_logps"], batch["prefix_mask"],
-        batch["advantages"], batch["completion_mask"], soup.args.epsilon, soup.args.epsilon_high,
+        per_token_logps,
+        batch["old_per_token_logps"],
+        batch["behavior_per_token_logps"],
+        batch["prefix_mask"],
+        batch["advantages"],
+        batch["completion_mask"],
+        soup.args.epsilon,
+        soup.args.epsilon_high,
         num_items=batch["num_items_in_batch"],
     )
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)

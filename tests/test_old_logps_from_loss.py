@@ -27,8 +27,14 @@ def test_deferred_denominator_gives_the_explicit_eq5_loss(trained):
     soup, _, batch = trained
     soup.model.train()
     # pi_old when generation and optimisation are aligned: the learner as it is now, scored independently.
-    current_logps, _ = reference_logps(soup.model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                       batch["completion_mask"], soup.args.temperature)
+    current_logps, _ = reference_logps(
+        soup.model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        soup.args.temperature,
+    )
     explicit = {**batch, "old_per_token_logps": current_logps}
     deferred = {**batch, "old_per_token_logps": None}
     saved = soup.args.old_logps_from_loss_forward
@@ -105,9 +111,15 @@ def test_runs_with_and_without_the_option_are_the_same(tmp_path, make_trainer, a
     trajectories, losses and final weights, with no scoring forward at all when the option is on."""
     runs = {}
     for option in (False, True):
-        args = soup_args(tmp_path / str(option), behavior_refresh_interval=3, max_steps=6, prefix_ratio=0.5,
-                         per_device_train_batch_size=8 // accumulation, gradient_accumulation_steps=accumulation,
-                         old_logps_from_loss_forward=option)
+        args = soup_args(
+            tmp_path / str(option),
+            behavior_refresh_interval=3,
+            max_steps=6,
+            prefix_ratio=0.5,
+            per_device_train_batch_size=8 // accumulation,
+            gradient_accumulation_steps=accumulation,
+            old_logps_from_loss_forward=option,
+        )
         trainer = make_trainer(args, trainer_class=CountingTrainer)
         trainer.train()
         runs[option] = trainer
@@ -126,12 +138,18 @@ def test_runs_with_and_without_the_option_are_the_same(tmp_path, make_trainer, a
         torch.testing.assert_close(q, p, atol=1e-5, rtol=1e-4, msg=name)
 
 
-@pytest.mark.parametrize("settings, warns", [
-    (dict(num_iterations=2), True),  # the weights change between generation and the second iteration's loss
-    (dict(steps_per_generation=2, per_device_train_batch_size=4), True),  # one generation feeds two optimizer steps
-    (dict(gradient_accumulation_steps=2, per_device_train_batch_size=4), False),  # aligned: the option applies
-    ({}, False),
-])
+@pytest.mark.parametrize(
+    "settings, warns",
+    [
+        (dict(num_iterations=2), True),  # the weights change between generation and the second iteration's loss
+        (
+            dict(steps_per_generation=2, per_device_train_batch_size=4),
+            True,
+        ),  # one generation feeds two optimizer steps
+        (dict(gradient_accumulation_steps=2, per_device_train_batch_size=4), False),  # aligned: the option applies
+        ({}, False),
+    ],
+)
 def test_option_without_effect_is_reported(tmp_path, make_trainer, settings, warns):
     import warnings
 

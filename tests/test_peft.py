@@ -47,7 +47,9 @@ def test_peft_behavior_adapter(tmp_path, make_model, make_trainer):
     ages = [r["age"] for r in trainer.records]
     assert ages == [0, 1, 0, 1]
     for r in trainer.records:
-        pairs = [(r["trained"][k], r["behavior"][k.replace(".default.", f".{BEHAVIOR_ADAPTER}.")]) for k in r["trained"]]
+        pairs = [
+            (r["trained"][k], r["behavior"][k.replace(".default.", f".{BEHAVIOR_ADAPTER}.")]) for k in r["trained"]
+        ]
         if r["age"] == 0:  # refreshed: the behavior adapter equals the trained one
             assert all(torch.equal(a, b) for a, b in pairs)
             assert int(r["batch"]["prefix_mask"].sum()) == 0
@@ -64,7 +66,8 @@ def test_peft_behavior_adapter(tmp_path, make_model, make_trainer):
                 param.copy_(relay["behavior"][name.replace(".default.", f".{BEHAVIOR_ADAPTER}.")])
     independent.eval()
     b = relay["batch"]
-    ref, _ = reference_logps(independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"],
-                             args.temperature)
+    ref, _ = reference_logps(
+        independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], args.temperature
+    )
     prefix = b["prefix_mask"].bool()
     torch.testing.assert_close(b["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)

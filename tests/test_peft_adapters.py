@@ -31,9 +31,14 @@ def _lora(**kwargs):
 
 
 def _probe(tokenizer):
-    prompts = [tokenizer("3+4=", add_special_tokens=False)["input_ids"], tokenizer("5+6=", add_special_tokens=False)["input_ids"]]
-    completions = [tokenizer("7 and 12", add_special_tokens=False)["input_ids"],
-                   tokenizer("11 or 9", add_special_tokens=False)["input_ids"]]
+    prompts = [
+        tokenizer("3+4=", add_special_tokens=False)["input_ids"],
+        tokenizer("5+6=", add_special_tokens=False)["input_ids"],
+    ]
+    completions = [
+        tokenizer("7 and 12", add_special_tokens=False)["input_ids"],
+        tokenizer("11 or 9", add_special_tokens=False)["input_ids"],
+    ]
     length = min(len(c) for c in completions)
     return torch.tensor(prompts), torch.tensor([c[:length] for c in completions])
 
@@ -44,8 +49,14 @@ def _learner_logps(trainer, prompt_ids, completion_ids):
     was_training = model.training
     model.eval()
     try:
-        logps, _ = reference_logps(model, prompt_ids, torch.ones_like(prompt_ids), completion_ids,
-                                   torch.ones_like(completion_ids), trainer.args.temperature)
+        logps, _ = reference_logps(
+            model,
+            prompt_ids,
+            torch.ones_like(prompt_ids),
+            completion_ids,
+            torch.ones_like(completion_ids),
+            trainer.args.temperature,
+        )
     finally:
         model.train(was_training)
     return logps
@@ -57,11 +68,15 @@ def _behavior_logps(trainer, prompt_ids, completion_ids):
 
 
 def test_adapter_twin_name_compares_whole_components():
-    assert adapter_twin_name("m.q_proj.lora_A.default.weight", "default", "behavior") == "m.q_proj.lora_A.behavior.weight"
+    assert (
+        adapter_twin_name("m.q_proj.lora_A.default.weight", "default", "behavior") == "m.q_proj.lora_A.behavior.weight"
+    )
     assert adapter_twin_name("m.embed_tokens.lora_embedding_A.default", "default", "behavior") == (
-        "m.embed_tokens.lora_embedding_A.behavior")
+        "m.embed_tokens.lora_embedding_A.behavior"
+    )
     assert adapter_twin_name("m.tok.trainable_tokens_delta.default", "default", "behavior") == (
-        "m.tok.trainable_tokens_delta.behavior")
+        "m.tok.trainable_tokens_delta.behavior"
+    )
     assert adapter_twin_name("m.default_layer.weight", "default", "behavior") is None
     assert adapter_twin_name("m.q_proj.base_layer.weight", "default", "behavior") is None
 
@@ -78,7 +93,7 @@ def test_every_trainable_tensor_has_a_refreshed_behavior_twin(kind, tmp_path, to
     trainer.train()  # two optimizer steps: the trained adapter has moved away from the last refresh
     prompt_ids, completion_ids = _probe(tokenizer)
     learner.train()  # as during training: dropout modules are active in the learner
-    stale = (_behavior_logps(trainer, prompt_ids, completion_ids) - _learner_logps(trainer, prompt_ids, completion_ids))
+    stale = _behavior_logps(trainer, prompt_ids, completion_ids) - _learner_logps(trainer, prompt_ids, completion_ids)
     assert stale.abs().max() > 1e-3, "the probe cannot tell a stale behavior copy from a fresh one"
 
     trainer.behavior.refresh()
@@ -118,11 +133,18 @@ def test_full_model_behavior_copy_has_no_dropout(tmp_path, tokenizer, make_model
     prompt_ids, completion_ids = _probe(tokenizer)
     first = _behavior_logps(trainer, prompt_ids, completion_ids)
     torch.testing.assert_close(_behavior_logps(trainer, prompt_ids, completion_ids), first, atol=0, rtol=0)
-    expected, _ = reference_logps(snapshot, prompt_ids, torch.ones_like(prompt_ids), completion_ids,
-                                  torch.ones_like(completion_ids), args.temperature)
+    expected, _ = reference_logps(
+        snapshot,
+        prompt_ids,
+        torch.ones_like(prompt_ids),
+        completion_ids,
+        torch.ones_like(completion_ids),
+        args.temperature,
+    )
     torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
     samples = trainer.behavior.sample(prompt_ids.tolist(), 6)
-    rescored, _ = reference_logps(snapshot, prompt_ids, torch.ones_like(prompt_ids), samples.completion_ids,
-                                  samples.mask, args.temperature)
+    rescored, _ = reference_logps(
+        snapshot, prompt_ids, torch.ones_like(prompt_ids), samples.completion_ids, samples.mask, args.temperature
+    )
     torch.testing.assert_close(samples.per_token_logps, rescored * samples.mask, atol=1e-5, rtol=0)
     assert not snapshot.training

@@ -118,8 +118,13 @@ def test_close_cancels_queued_requests_and_ends_the_thread():
 @pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
 def test_config_refuses_bad_prefetch(tmp_path, value):
     with pytest.raises(ValueError, match=r"behavior_prefetch=.*integer >= 0"):
-        SOUPConfig(output_dir=str(tmp_path), use_cpu=True, report_to="none", behavior_backend="vllm_server",
-                   behavior_prefetch=value)
+        SOUPConfig(
+            output_dir=str(tmp_path),
+            use_cpu=True,
+            report_to="none",
+            behavior_backend="vllm_server",
+            behavior_prefetch=value,
+        )
 
 
 def test_config_refuses_prefetch_with_local_backend(tmp_path):
@@ -147,23 +152,37 @@ def test_local_behavior_stream_is_its_own(tmp_path, tokenizer, prompt_dataset, m
 
 # ------------------------------------------------------------------------------------------------ vLLM server runs
 
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     tokenizer = build_tokenizer()
-    model_dir = save_toy_model(tmp_path_factory.mktemp("served") / "untied", model=build_tiny_model(tokenizer, seed=0),
-                               tokenizer=tokenizer)
+    model_dir = save_toy_model(
+        tmp_path_factory.mktemp("served") / "untied", model=build_tiny_model(tokenizer, seed=0), tokenizer=tokenizer
+    )
     with start_vllm_server(model_dir) as url:
         yield url
 
 
 # The trajectories and SOUP fields each generation batch is compared on.
-BATCH_KEYS = ("prompt_ids", "completion_ids", "completion_mask", "prefix_mask", "behavior_per_token_logps",
-              "old_per_token_logps", "advantages")
+BATCH_KEYS = (
+    "prompt_ids",
+    "completion_ids",
+    "completion_mask",
+    "prefix_mask",
+    "behavior_per_token_logps",
+    "old_per_token_logps",
+    "advantages",
+)
 
 
 def _server_settings(tmp_path, url, **overrides):
-    settings = dict(behavior_backend="vllm_server", behavior_server_base_url=str(url), behavior_refresh_interval=4,
-                    max_steps=6, behavior_refresh_dir=str(tmp_path / "refresh"))
+    settings = dict(
+        behavior_backend="vllm_server",
+        behavior_server_base_url=str(url),
+        behavior_refresh_interval=4,
+        max_steps=6,
+        behavior_refresh_dir=str(tmp_path / "refresh"),
+    )
     settings.update(overrides)
     return settings
 
@@ -185,8 +204,9 @@ def _assert_same_batches(got, expected):
     for a, b in zip(got, expected, strict=True):
         assert a["batch"].keys() == b["batch"].keys()
         for key in a["batch"]:
-            torch.testing.assert_close(a["batch"][key], b["batch"][key], rtol=0, atol=0,
-                                       msg=f"batch {a['index']}: {key}")
+            torch.testing.assert_close(
+                a["batch"][key], b["batch"][key], rtol=0, atol=0, msg=f"batch {a['index']}: {key}"
+            )
 
 
 @require_vllm

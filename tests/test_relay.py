@@ -186,8 +186,13 @@ def test_segment_metrics_logged(relay_run):
     assert relay_logs
     for h in relay_logs:
         assert 0.0 < h["soup/prefix_fraction"] < 1.0
-        for key in ("soup/clip_ratio/prefix", "soup/clip_ratio/continuation", "soup/entropy/prefix",
-                    "soup/entropy/continuation", "soup/log_ratio/prefix_abs_mean"):
+        for key in (
+            "soup/clip_ratio/prefix",
+            "soup/clip_ratio/continuation",
+            "soup/entropy/prefix",
+            "soup/entropy/continuation",
+            "soup/log_ratio/prefix_abs_mean",
+        ):
             assert h[key] is not None and math.isfinite(h[key]), key
         # The prefix is off-policy by construction; with lr 5e-3 the behavior copy has drifted from pi_theta.
         assert h["soup/log_ratio/prefix_abs_mean"] > 0
@@ -197,8 +202,9 @@ def test_tied_embeddings_snapshot(tmp_path, make_model, make_trainer):
     """A model whose output head is tied to its input embedding (small Qwen2.5 models): the copy stays tied, owns
     its own storage, and scores exactly like the snapshot it recorded."""
     args = soup_args(tmp_path, behavior_refresh_interval=3, max_steps=3)
-    trainer = make_trainer(args, model=make_model(seed=0, tie_word_embeddings=True),
-                           trainer_class=SnapshotRecordingTrainer)
+    trainer = make_trainer(
+        args, model=make_model(seed=0, tie_word_embeddings=True), trainer_class=SnapshotRecordingTrainer
+    )
     trainer.train()
     snapshot = trainer.behavior.snapshot
     learner = trainer.accelerator.unwrap_model(trainer.model)
@@ -209,8 +215,9 @@ def test_tied_embeddings_snapshot(tmp_path, make_model, make_trainer):
     independent = make_model(seed=9, tie_word_embeddings=True)
     independent.load_state_dict(record["snapshot"])
     independent.eval()
-    ref, _ = reference_logps(independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"],
-                             args.temperature)
+    ref, _ = reference_logps(
+        independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], args.temperature
+    )
     prefix = b["prefix_mask"].bool()
     torch.testing.assert_close(b["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)
     # Two optimizer steps later, the learner's tied head has moved away from the snapshot's.
@@ -220,8 +227,15 @@ def test_tied_embeddings_snapshot(tmp_path, make_model, make_trainer):
 @pytest.mark.parametrize("budget", [3, None])
 def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, make_model, budget, make_trainer):
     """Paper Appendix C: the behavior copy decodes at most the budget, all of it is kept, the policy continues."""
-    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2, prefix_strategy="fixed_budget",
-                     prefix_budget=budget, prefix_ratio=0.4, max_completion_length=10)
+    args = soup_args(
+        tmp_path,
+        behavior_refresh_interval=2,
+        max_steps=2,
+        prefix_strategy="fixed_budget",
+        prefix_budget=budget,
+        prefix_ratio=0.4,
+        max_completion_length=10,
+    )
     expected_budget = 3 if budget is not None else 4  # round(0.4 * 10)
     trainer = make_trainer(args, trainer_class=SnapshotRecordingTrainer)
     trainer.train()
@@ -240,8 +254,14 @@ def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, mak
             assert len(row) > len(behavior_ids) or len(row) == args.max_completion_length
     # Exact behavior log-probs on the prefix, as for full responses.
     snapshot = _model_with(make_model, record["snapshot"])
-    ref, _ = reference_logps(snapshot, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                             batch["completion_mask"], args.temperature)
+    ref, _ = reference_logps(
+        snapshot,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        args.temperature,
+    )
     prefix = batch["prefix_mask"].bool()
     torch.testing.assert_close(batch["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)
 
@@ -260,8 +280,9 @@ def test_position_statistics_switch(tmp_path, enabled, make_trainer):
     for h in logs:
         clip = [h[f"soup/position/clip_ratio/bin_{i}"] for i in range(10)]
         assert all(c is None or 0.0 <= c <= 1.0 for c in clip)
-        assert all(h[f"soup/position/entropy/bin_{i}"] is None or h[f"soup/position/entropy/bin_{i}"] >= 0
-                   for i in range(10))
+        assert all(
+            h[f"soup/position/entropy/bin_{i}"] is None or h[f"soup/position/entropy/bin_{i}"] >= 0 for i in range(10)
+        )
         assert h["soup/position/entropy/bin_0"] is not None  # every response has a first 10%
 
 
@@ -273,8 +294,9 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, peft, make_
     if peft:
         from peft import LoraConfig
 
-        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                                           task_type="CAUSAL_LM")
+        kwargs["peft_config"] = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        )
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12)
     trainer = make_trainer(args, **kwargs)
     behavior = trainer.behavior
@@ -285,10 +307,12 @@ def test_sampling_logps_equal_a_scoring_forward(tmp_path, tokenizer, peft, make_
     responses = [samples.completion_ids[i, mask[i]].tolist() for i in range(len(prompts))]
     logps, entropies = behavior.score(prompts, responses)
     width = logps.size(1)
-    torch.testing.assert_close(samples.per_token_logps[:, :width][mask[:, :width]], logps[mask[:, :width]],
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(samples.entropies[:, :width][mask[:, :width]], entropies[mask[:, :width]],
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        samples.per_token_logps[:, :width][mask[:, :width]], logps[mask[:, :width]], atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        samples.entropies[:, :width][mask[:, :width]], entropies[mask[:, :width]], atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("peft", [False, True])
@@ -302,8 +326,9 @@ def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, monkeypatc
     if peft:
         from peft import LoraConfig
 
-        kwargs["peft_config"] = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                                           task_type="CAUSAL_LM")
+        kwargs["peft_config"] = LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+        )
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_completion_length=12, temperature=1.5)
     trainer = make_trainer(args, **kwargs)
     behavior = trainer.behavior
@@ -311,8 +336,9 @@ def test_shared_prompt_prefill_changes_no_sample(tmp_path, tokenizer, monkeypatc
     prompts = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
     shapes = []
     hooked = trainer.accelerator.unwrap_model(trainer.model).get_base_model() if peft else behavior.snapshot
-    handle = hooked.register_forward_pre_hook(lambda m, a, k: shapes.append(tuple(k["input_ids"].shape)),
-                                              with_kwargs=True)
+    handle = hooked.register_forward_pre_hook(
+        lambda m, a, k: shapes.append(tuple(k["input_ids"].shape)), with_kwargs=True
+    )
     try:
         shared = behavior.sample(prompts, 12, generation_batch_index=3)
     finally:

@@ -91,16 +91,24 @@ def test_relay_generation_calls_the_policy_once_with_the_largest_budget():
         calls.append((requests, max_new_tokens))
         return [[70 + k] * max_new_tokens for k in range(len(requests))], None
 
-    completions, sampling, record = relay_generation(PROMPTS, samples, args, torch.Generator(), continue_fn,
-                                                     max_completion_length=6)
+    completions, sampling, record = relay_generation(
+        PROMPTS, samples, args, torch.Generator(), continue_fn, max_completion_length=6
+    )
     # Ratio 0.5: prefix lengths round-half-up(4/2, 3/2, 6/2) = 2, 2, 3; no prefix is final.
     assert record.prefix_lengths.tolist() == [2, 2, 3]
     assert calls == [([[2, 3, 5, 6], [2, 4, 5, 6], [2, 5, 9, 9, 9]], 4)]
     assert completions == [[5, 6, 70, 70, 70, 70], [5, 6, 71, 71, 71, 71], [9, 9, 9, 72, 72, 72]]
     assert sampling is None
     calls.clear()
-    relay_generation(PROMPTS, samples, args, torch.Generator(), continue_fn, max_completion_length=6,
-                     reduce_max=lambda budget: budget + 3)
+    relay_generation(
+        PROMPTS,
+        samples,
+        args,
+        torch.Generator(),
+        continue_fn,
+        max_completion_length=6,
+        reduce_max=lambda budget: budget + 3,
+    )
     assert calls[0][1] == 7  # every rank asks for the largest budget of any rank
     args.prefix_ratio = 1.0
     calls.clear()
@@ -123,13 +131,16 @@ def test_relay_record_tensors():
     assert torch.equal(record.behavior_per_token_logps(4, "cpu"), expected)
     assert record.length_sums("cpu").tolist() == [3.0, 8.0, 1.0, 3.0]
     metrics = relay_length_metrics({"lengths": record.length_sums("cpu")})
-    assert metrics == pytest.approx({"soup/prefix_length/mean": 1.0, "soup/behavior_length/mean": 8 / 3,
-                                     "soup/no_continuation_fraction": 1 / 3})
+    assert metrics == pytest.approx(
+        {"soup/prefix_length/mean": 1.0, "soup/behavior_length/mean": 8 / 3, "soup/no_continuation_fraction": 1 / 3}
+    )
 
 
 def test_loss_capture_fills_the_deferred_denominator_once():
     prefix_mask = torch.tensor([[1, 1, 0, 0]])
-    capture = LossCapture(deferred_denominator=torch.tensor([[-0.1, -0.2, 0.0, 0.0]]), deferred_prefix_mask=prefix_mask)
+    capture = LossCapture(
+        deferred_denominator=torch.tensor([[-0.1, -0.2, 0.0, 0.0]]), deferred_prefix_mask=prefix_mask
+    )
     denominator = capture.deferred_denominator
     first = torch.tensor([[-1.0, -2.0, -3.0, -4.0]], requires_grad=True)
     capture.record(first, None)
@@ -193,20 +204,22 @@ def test_segment_metrics_against_loops():
     for segment, wanted in (("prefix", 1), ("continuation", 0)):
         cells = [(i, j) for i in range(3) for j in range(5) if mask[i, j] and prefix_mask[i, j] == wanted]
         ratio = {c: math.exp(logps[c] - denominator[c]) for c in cells}
-        clipped = [(ratio[c] < 0.8 and advantages[c[0]] < 0) or (ratio[c] > 1.28 and advantages[c[0]] > 0)
-                   for c in cells]
+        clipped = [
+            (ratio[c] < 0.8 and advantages[c[0]] < 0) or (ratio[c] > 1.28 and advantages[c[0]] > 0) for c in cells
+        ]
         assert metrics[f"soup/clip_ratio/{segment}"] == pytest.approx(sum(clipped) / len(cells))
         abs_mean = sum(abs(float(logps[c] - denominator[c])) for c in cells) / len(cells)
         assert metrics[f"soup/log_ratio/{segment}_abs_mean"] == pytest.approx(abs_mean, rel=1e-5)
-        assert metrics[f"soup/entropy/{segment}"] == pytest.approx(sum(float(entropies[c]) for c in cells) / len(cells))
+        assert metrics[f"soup/entropy/{segment}"] == pytest.approx(
+            sum(float(entropies[c]) for c in cells) / len(cells)
+        )
     on_policy = segment_statistic_values(logps, None, advantages, None, 0.2, 0.28)
     assert set(on_policy) == {"clip_ratio", "log_ratio"} and float(on_policy["log_ratio"].abs().max()) == 0.0
     assert composition_metrics(composition_sums(prefix_mask, mask)) == {"soup/prefix_fraction": pytest.approx(5 / 12)}
 
 
 def test_position_metrics_by_relative_position():
-    values = {"entropy": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 0.0, 0.0]]),
-              "log_ratio": torch.zeros(2, 4)}
+    values = {"entropy": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 0.0, 0.0]]), "log_ratio": torch.zeros(2, 4)}
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     metrics = position_metrics(position_sums(values, mask, num_bins=2))
     # Row 0: tokens 0-1 in bin 0, 2-3 in bin 1; row 1 (2 tokens): token 0 in bin 0, token 1 in bin 1.
@@ -227,9 +240,11 @@ def test_importance_sampling_metrics_over_the_continuation_only():
     nothing = continuation_ratio_summary(token[1:2], completion_mask[1:2], prefix_mask[1:2])
     assert nothing.isnan().all()
     gathered = torch.stack([torch.tensor([0.5, 1.0, 2.0]), nothing, torch.tensor([0.25, 3.0, 1.5])])
-    assert importance_sampling_metrics(gathered) == {"sampling/importance_sampling_ratio/min": 0.25,
-                                                     "sampling/importance_sampling_ratio/mean": 2.0,
-                                                     "sampling/importance_sampling_ratio/max": 2.0}
+    assert importance_sampling_metrics(gathered) == {
+        "sampling/importance_sampling_ratio/min": 0.25,
+        "sampling/importance_sampling_ratio/mean": 2.0,
+        "sampling/importance_sampling_ratio/max": 2.0,
+    }
 
 
 @pytest.mark.parametrize("level", ["token", "sequence"])
@@ -238,9 +253,18 @@ def test_restrict_vllm_correction_in_place(level):
     behavior = torch.tensor([[-0.5, -0.25, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
     nan = float("nan")
     sampling = torch.tensor([[nan, nan, -1.0, -2.0], [-3.0, -4.0, -5.0, nan]])
-    ratio = torch.tensor([[3.0, 3.0, 0.5, 1.5], [2.0, 1.0, 1.0, 1.0]]) if level == "token" else torch.tensor([[0.5], [2.0]])
-    batch = {"prefix_mask": prefix_mask, "behavior_per_token_logps": behavior, "sampling_per_token_logps": sampling,
-             "importance_sampling_ratio": ratio, "completion_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])}
+    ratio = (
+        torch.tensor([[3.0, 3.0, 0.5, 1.5], [2.0, 1.0, 1.0, 1.0]])
+        if level == "token"
+        else torch.tensor([[0.5], [2.0]])
+    )
+    batch = {
+        "prefix_mask": prefix_mask,
+        "behavior_per_token_logps": behavior,
+        "sampling_per_token_logps": sampling,
+        "importance_sampling_ratio": ratio,
+        "completion_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]),
+    }
     summary = restrict_vllm_correction(batch)
     expected_sampling = torch.tensor([[-0.5, -0.25, -1.0, -2.0], [-3.0, -4.0, -5.0, nan]])
     torch.testing.assert_close(batch["sampling_per_token_logps"], expected_sampling, equal_nan=True)

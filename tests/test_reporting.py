@@ -27,8 +27,9 @@ class _Collect(logging.Handler):
 
 def _train(tmp_path, tokenizer, model, dataset, **overrides):
     args = soup_args(tmp_path, behavior_refresh_interval=2, **overrides)
-    trainer = SOUPTrainer(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=dataset,
-                          processing_class=tokenizer)
+    trainer = SOUPTrainer(
+        model=model, reward_funcs=digit_share_reward, args=args, train_dataset=dataset, processing_class=tokenizer
+    )
     trainer.train()
     return trainer
 
@@ -56,8 +57,15 @@ def test_tensorboard_run_logs_no_none(tmp_path, tokenizer, make_model, prompt_da
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_warning()
     try:
-        trainer = _train(tmp_path, tokenizer, make_model(), prompt_dataset, max_steps=10, report_to="tensorboard",
-                         log_position_statistics=True)
+        trainer = _train(
+            tmp_path,
+            tokenizer,
+            make_model(),
+            prompt_dataset,
+            max_steps=10,
+            report_to="tensorboard",
+            log_position_statistics=True,
+        )
     finally:
         hf_logging.set_verbosity(verbosity)
         logger.removeHandler(handler)
@@ -82,8 +90,10 @@ def test_log_completions_shows_the_behavior_prefix(tmp_path, tokenizer, make_mod
     assert (on_policy["behavior_prefix_tokens"] == 0).all() and (on_policy["behavior_prefix"] == "").all()
     assert (relay["behavior_prefix_tokens"] > 0).any()
     record = trainer.last_relay_record
-    expected = [tokenizer.decode(ids[:k], skip_special_tokens=True) for ids, k in zip(record.behavior_completion_ids,
-                                                            record.prefix_lengths.tolist(), strict=True)]
+    expected = [
+        tokenizer.decode(ids[:k], skip_special_tokens=True)
+        for ids, k in zip(record.behavior_completion_ids, record.prefix_lengths.tolist(), strict=True)
+    ]
     assert relay["behavior_prefix_tokens"].tolist() == record.prefix_lengths.tolist()
     assert relay["behavior_prefix"].tolist() == expected
     for completion, prefix in zip(relay["completion"], relay["behavior_prefix"], strict=True):
@@ -109,11 +119,21 @@ def test_reward_function_that_scores_nothing_is_named(tmp_path, tokenizer, make_
         return [bad] * len(completions)
 
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=1)
-    trainer = SOUPTrainer(model=make_model(), reward_funcs=[digit_share_reward, unscored_reward], args=args,
-                          train_dataset=prompt_dataset, processing_class=tokenizer)
+    trainer = SOUPTrainer(
+        model=make_model(),
+        reward_funcs=[digit_share_reward, unscored_reward],
+        args=args,
+        train_dataset=prompt_dataset,
+        processing_class=tokenizer,
+    )
     with pytest.warns(UserWarning, match="'unscored_reward' returned None or NaN for every completion.*adds nothing"):
         trainer.train()
-    alone = SOUPTrainer(model=make_model(), reward_funcs=unscored_reward, args=soup_args(tmp_path, max_steps=1),
-                        train_dataset=prompt_dataset, processing_class=tokenizer)
+    alone = SOUPTrainer(
+        model=make_model(),
+        reward_funcs=unscored_reward,
+        args=soup_args(tmp_path, max_steps=1),
+        train_dataset=prompt_dataset,
+        processing_class=tokenizer,
+    )
     with pytest.warns(UserWarning, match="'unscored_reward'.*the loss is 0 and nothing is learned"):
         alone.train()

@@ -65,8 +65,9 @@ def test_resume_refuses_other_refresh_interval(tmp_path, make_trainer):
 
 def test_resume_mid_window_with_peft(tmp_path, make_trainer):
     peft = pytest.importorskip("peft")
-    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                           task_type="CAUSAL_LM")
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
     full = _run(tmp_path, "full", make_trainer, peft_config=lora, learning_rate=5e-2)
     checkpoint = os.path.join(full.args.output_dir, "checkpoint-4")
     assert os.path.isdir(os.path.join(checkpoint, SNAPSHOT_DIR))

@@ -84,8 +84,9 @@ def test_bounded_retries_then_clear_error():
 
 def test_trainer_refuses_unreachable_behavior_server(tmp_path, make_trainer):
     port = _free_port()
-    args = soup_args(tmp_path, behavior_backend="vllm_server", behavior_server_port=port, behavior_server_timeout=2.0,
-                     max_steps=1)
+    args = soup_args(
+        tmp_path, behavior_backend="vllm_server", behavior_server_port=port, behavior_server_timeout=2.0, max_steps=1
+    )
     start = time.monotonic()
     with pytest.raises(BehaviorServerError, match=f"127.0.0.1:{port}"):
         make_trainer(args)
@@ -103,8 +104,12 @@ def test_unreachable_server_refused_before_the_model_loads(tmp_path):
     assert args.behavior_server_timeout == 240.0 and args.behavior_server_connect_timeout == 10.0
     start = time.monotonic()
     with pytest.raises(BehaviorServerError, match=rf"127\.0\.0\.1:{port}.*behavior_server_connect_timeout"):
-        SOUPTrainer(model="nobody/not-a-model", reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-                    args=args, train_dataset=Dataset.from_dict({"prompt": ["1+1="]}))
+        SOUPTrainer(
+            model="nobody/not-a-model",
+            reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["1+1="]}),
+        )
     assert 9 <= time.monotonic() - start < 30  # it retried for the 10 s connect timeout, not the 240 s one
 
 
@@ -146,11 +151,22 @@ def test_samples_from_server_choices(tmp_path, tokenizer, make_model):
     backend.trainer, backend.base_url, backend.vocab_size = _Trainer, "http://x", 4
     half = float(torch.log(torch.tensor(0.5)))
     choices = [
-        {"token_ids": [7, eos], "logprobs": {"tokens": ["token_id:7", f"token_id:{eos}"], "token_logprobs": [half, -0.1],
-                                             "top_logprobs": [{"token_id:7": half, "token_id:8": half},
-                                                              {f"token_id:{eos}": -0.1}]}},
-        {"token_ids": [9], "logprobs": {"tokens": ["token_id:9"], "token_logprobs": [-2.0],
-                                        "top_logprobs": [{"token_id:5": -0.5, "token_id:6": -1.0}]}},
+        {
+            "token_ids": [7, eos],
+            "logprobs": {
+                "tokens": ["token_id:7", f"token_id:{eos}"],
+                "token_logprobs": [half, -0.1],
+                "top_logprobs": [{"token_id:7": half, "token_id:8": half}, {f"token_id:{eos}": -0.1}],
+            },
+        },
+        {
+            "token_ids": [9],
+            "logprobs": {
+                "tokens": ["token_id:9"],
+                "token_logprobs": [-2.0],
+                "top_logprobs": [{"token_id:5": -0.5, "token_id:6": -1.0}],
+            },
+        },
     ]
     samples = backend._samples_from_choices(choices, top_k=2)
     assert samples.completion_ids.tolist() == [[7, eos], [9, tokenizer.pad_token_id]]

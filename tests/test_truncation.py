@@ -73,10 +73,12 @@ def test_entropy_strategy_reads_top_k_and_uses_generator():
     # top_k = 2 (ARGS): row 0 picks among {1, 2}, row 1 among {0, 2}; same seed, same result
     seen = [set(), set()]
     for seed in range(100):
-        a = compute_prefix_lengths("entropy", completion_ids, logps, entropies, mask,
-                                   torch.Generator().manual_seed(seed), ARGS)
-        b = compute_prefix_lengths("entropy", completion_ids, logps, entropies, mask,
-                                   torch.Generator().manual_seed(seed), ARGS)
+        a = compute_prefix_lengths(
+            "entropy", completion_ids, logps, entropies, mask, torch.Generator().manual_seed(seed), ARGS
+        )
+        b = compute_prefix_lengths(
+            "entropy", completion_ids, logps, entropies, mask, torch.Generator().manual_seed(seed), ARGS
+        )
         assert torch.equal(a, b)
         seen[0].add(int(a[0]))
         seen[1].add(int(a[1]))

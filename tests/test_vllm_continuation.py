@@ -38,9 +38,15 @@ def ranks(tmp_path_factory):
     # One engine per rank; VLLM_CPU_KVCACHE_SPACE takes whole GiB, so 1 GiB each if that is free, else a skip.
     kv_gib = kv_cache_bytes(WORLD_SIZE, preferred=GiB, minimum=GiB, step=GiB) // GiB
     out = tmp_path_factory.mktemp("vllm_colocate")
-    process = accelerate_launch("cpu_ddp.yaml", SCRIPT, [str(out)], out, timeout=600, what="vLLM colocate run",
-                                env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-                                     "VLLM_CPU_KVCACHE_SPACE": str(kv_gib)})
+    process = accelerate_launch(
+        "cpu_ddp.yaml",
+        SCRIPT,
+        [str(out)],
+        out,
+        timeout=600,
+        what="vLLM colocate run",
+        env={"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "VLLM_CPU_KVCACHE_SPACE": str(kv_gib)},
+    )
     results = [out / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
     if not all(path.exists() for path in results):
         pytest.fail(f"vLLM colocate run wrote no result for some rank.\nstderr (tail):\n{process.stderr[-8000:]}")
@@ -52,7 +58,6 @@ def relay_rows(batch):
     relay = batch["relay"]
     for i, (length, finished) in enumerate(zip(relay["prefix_lengths"].tolist(), relay["no_continuation"].tolist())):
         yield i, length, MAX_COMPLETION_LENGTH - length, finished
-
 
 
 @require_vllm
@@ -78,8 +83,10 @@ def test_schedule_and_weight_sync(ranks):
             if prefix.any():
                 gap = (out["old_per_token_logps"] - out["behavior_per_token_logps"])[prefix]
                 drift = max(drift, gap.abs().max().item())
-            mismatch = max(mismatch, (out["old_per_token_logps"] - out["sampling_per_token_logps"])[continuation]
-                           .abs().max().item())
+            mismatch = max(
+                mismatch,
+                (out["old_per_token_logps"] - out["sampling_per_token_logps"])[continuation].abs().max().item(),
+            )
     assert drift > 0.1
     assert mismatch < 0.05
 
@@ -106,9 +113,11 @@ def test_one_request_per_row_with_its_budget(ranks):
                 assert continuation == ([] if finished else call["completion_ids"][i][:budget])
                 # vLLM's sampling log-probs are truncated exactly like the tokens; the prefix carries the behavior's
                 sampling = out["sampling_per_token_logps"][i]
-                assert torch.allclose(sampling[length:len(completion)], torch.tensor(call["logprobs"][i][:budget]))
+                assert torch.allclose(sampling[length : len(completion)], torch.tensor(call["logprobs"][i][:budget]))
                 assert torch.equal(sampling[:length], out["behavior_per_token_logps"][i][:length])
-    budgets = {budget for result in ranks for b in result["batches"] if b["relay"] for _, _, budget, _ in relay_rows(b)}
+    budgets = {
+        budget for result in ranks for b in result["batches"] if b["relay"] for _, _, budget, _ in relay_rows(b)
+    }
     assert len(budgets) > 3  # entropy cuts: many different per-row budgets
 
 

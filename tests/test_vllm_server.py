@@ -34,8 +34,9 @@ def served(tmp_path_factory):
     tokenizer = build_tokenizer()
     root = tmp_path_factory.mktemp("served")
     untied = save_toy_model(root / "untied", model=build_tiny_model(tokenizer, seed=0), tokenizer=tokenizer)
-    tied = save_toy_model(root / "tied", model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True),
-                          tokenizer=tokenizer)
+    tied = save_toy_model(
+        root / "tied", model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True), tokenizer=tokenizer
+    )
     return {"untied": untied, "tied": tied}
 
 
@@ -67,11 +68,19 @@ class ServerRecordingTrainer(RecordingTrainer):
             # The behavior response of row 0 is what the server samples for that prompt and seed.
             batch = record["batch"]
             prompt = batch["prompt_ids"][0][batch["prompt_mask"][0].bool()].tolist()
-            extra["resampled_row0"] = self.behavior.client.complete({
-                "model": self.behavior.model_name, "prompt": prompt, "seed": record["row0_seed"], "n": 1,
-                "max_tokens": self.max_completion_length, "temperature": self.temperature, "top_k": -1,
-                "stop_token_ids": list(self.eos_token_ids), "return_token_ids": True,
-            })[0]["token_ids"]
+            extra["resampled_row0"] = self.behavior.client.complete(
+                {
+                    "model": self.behavior.model_name,
+                    "prompt": prompt,
+                    "seed": record["row0_seed"],
+                    "n": 1,
+                    "max_tokens": self.max_completion_length,
+                    "temperature": self.temperature,
+                    "top_k": -1,
+                    "stop_token_ids": list(self.eos_token_ids),
+                    "return_token_ids": True,
+                }
+            )[0]["token_ids"]
         return extra
 
 
@@ -99,8 +108,14 @@ def _check_relay_run(trainer, tokenizer, make_learner):
                 assert row[:k] == behavior_ids[:k]
             # Prefix log-probs are the server's sampling log-probs: pi_behavior = the learner at the refresh.
             snapshot = make_learner(refreshed["learner_state"])
-            ref, _ = reference_logps(snapshot, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
-                                     batch["completion_mask"], trainer.args.temperature)
+            ref, _ = reference_logps(
+                snapshot,
+                batch["prompt_ids"],
+                batch["prompt_mask"],
+                batch["completion_ids"],
+                batch["completion_mask"],
+                trainer.args.temperature,
+            )
             prefix = batch["prefix_mask"].bool()
             assert prefix.any()
             assert (batch["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE
@@ -108,8 +123,14 @@ def _check_relay_run(trainer, tokenizer, make_learner):
 
 
 def _server_args(tmp_path, url, **overrides):
-    settings = dict(behavior_backend="vllm_server", behavior_server_base_url=str(url), behavior_refresh_interval=2,
-                    max_steps=4, behavior_refresh_dir=str(tmp_path / "refresh"), learning_rate=5e-3)
+    settings = dict(
+        behavior_backend="vllm_server",
+        behavior_server_base_url=str(url),
+        behavior_refresh_interval=2,
+        max_steps=4,
+        behavior_refresh_dir=str(tmp_path / "refresh"),
+        learning_rate=5e-3,
+    )
     settings.update(overrides)
     return soup_args(tmp_path, **settings)
 
@@ -136,8 +157,11 @@ def test_disk_refresh_tied_model(tmp_path, tokenizer, tied_server, make_trainer)
         model.load_state_dict(state)
         return model.eval()
 
-    trainer = make_trainer(_server_args(tmp_path, tied_server), trainer_class=ServerRecordingTrainer,
-                           model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True))
+    trainer = make_trainer(
+        _server_args(tmp_path, tied_server),
+        trainer_class=ServerRecordingTrainer,
+        model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True),
+    )
     trainer.train()
     _check_relay_run(trainer, tokenizer, make_learner)
     assert "ParallelLMHead: Failed to load weights" not in tied_server.log()
@@ -149,8 +173,9 @@ def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
     base = build_tiny_model(tokenizer, seed=0)
     # The server's base weights must be the learner's base (an earlier test may have reloaded others).
     BehaviorServerClient(str(server)).reload_weights(save_for_server(base, str(tmp_path / "base")))
-    lora = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                           task_type="CAUSAL_LM")
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
 
     def make_learner(state):
         model = peft.get_peft_model(build_tiny_model(tokenizer, seed=0), lora)
@@ -193,10 +218,12 @@ def test_server_death_mid_run(tmp_path, tokenizer, tied_server, make_trainer):
             if state.global_step == 3:
                 tied_server.kill()
 
-    args = _server_args(tmp_path, tied_server, max_steps=6, save_strategy="steps", save_steps=1,
-                        behavior_server_max_retries=2)
-    trainer = make_trainer(args, model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True),
-                           callbacks=[KillAtStep()])
+    args = _server_args(
+        tmp_path, tied_server, max_steps=6, save_strategy="steps", save_steps=1, behavior_server_max_retries=2
+    )
+    trainer = make_trainer(
+        args, model=build_tiny_model(tokenizer, seed=0, tie_word_embeddings=True), callbacks=[KillAtStep()]
+    )
     with pytest.raises(BehaviorServerError, match=str(tied_server).replace(".", r"\.")):
         trainer.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-3")
@@ -214,10 +241,16 @@ def test_disk_refresh_under_zero3(tmp_path, server, served):
 
     pytest.importorskip("deepspeed")
     ds_config = tmp_path / "ds_zero3.json"  # persistence threshold 0: even the toy's small tensors are partitioned
-    ds_config.write_text(json.dumps({
-        "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "train_batch_size": "auto",
-    }))
+    ds_config.write_text(
+        json.dumps(
+            {
+                "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
+                "train_micro_batch_size_per_gpu": "auto",
+                "gradient_accumulation_steps": "auto",
+                "train_batch_size": "auto",
+            }
+        )
+    )
     launch_config = tmp_path / "accelerate.yaml"
     launch_config.write_text(
         "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\n"
@@ -226,16 +259,22 @@ def test_disk_refresh_under_zero3(tmp_path, server, served):
         "rdzv_backend: static\nsame_network: true\n"
     )
     result = tmp_path / "result.json"
-    accelerate_launch(str(launch_config), REPO / "tests" / "scripts" / "zero3_vllm_refresh.py",
-                      [served["untied"], str(server), str(result)], tmp_path, timeout=900,
-                      what="ZeRO-3 run with the vLLM behavior server")
+    accelerate_launch(
+        str(launch_config),
+        REPO / "tests" / "scripts" / "zero3_vllm_refresh.py",
+        [served["untied"], str(server), str(result)],
+        tmp_path,
+        timeout=900,
+        what="ZeRO-3 run with the vLLM behavior server",
+    )
     outcome = json.loads(result.read_text())
     assert outcome["zero_stage"] == 3 and outcome["partitioned"] > 0
     checks = outcome["checks"]
     assert len(checks) == 2  # refreshes before steps 1 and 3
     for check in checks:
-        torch.testing.assert_close(torch.tensor(check["served"]), torch.tensor(check["expected"]), atol=TOLERANCE,
-                                   rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(check["served"]), torch.tensor(check["expected"]), atol=TOLERANCE, rtol=0
+        )
     moved = (torch.tensor(checks[1]["expected"]) - torch.tensor(checks[0]["expected"])).abs().max()
     assert moved > 10 * TOLERANCE  # the learner moved between refreshes, so a stale server would fail the check
 
@@ -257,8 +296,9 @@ def test_check_sampling_settings():
     from trl_soup.behavior.vllm_server import check_sampling_settings, sampling_filters
 
     def settings(**overrides):
-        values = dict(behavior_backend="vllm_server", temperature=1.0, top_p=1.0, top_k=0, min_p=None,
-                      repetition_penalty=1.0)  # TRL 1.16 GRPOConfig defaults
+        values = dict(
+            behavior_backend="vllm_server", temperature=1.0, top_p=1.0, top_k=0, min_p=None, repetition_penalty=1.0
+        )  # TRL 1.16 GRPOConfig defaults
         values.update(overrides)
         return SimpleNamespace(**values)
 
@@ -266,7 +306,11 @@ def test_check_sampling_settings():
     assert sampling_filters(settings(top_k=None, min_p=0.0)) == {}
     assert sampling_filters(settings(top_k=-1)) == {}
     assert sampling_filters(settings(top_p=0.9, top_k=20, min_p=0.1, repetition_penalty=1.2)) == {
-        "top_p": 0.9, "top_k": 20, "min_p": 0.1, "repetition_penalty": 1.2}
+        "top_p": 0.9,
+        "top_k": 20,
+        "min_p": 0.1,
+        "repetition_penalty": 1.2,
+    }
     # Exact: no filter at any temperature (sampled processed log-probs), any filter at temperature 1 (re-scoring).
     for temperature in (0.7, 1.0, 1.3):
         check_sampling_settings(settings(temperature=temperature))
@@ -292,8 +336,9 @@ def _unfiltered_logps(model, prompt, ids):
 
 
 @pytest.mark.parametrize("filters", FILTERS)
-def test_filtered_sampling_returns_unfiltered_logps(tmp_path, tokenizer, server, prompt_dataset, make_trainer,
-                                                    filters):
+def test_filtered_sampling_returns_unfiltered_logps(
+    tmp_path, tokenizer, server, prompt_dataset, make_trainer, filters
+):
     """With sampling filters on, the backend's log-probs and entropies are those of the unfiltered softmax of the
     behavior weights (an independent transformers forward of the same weights), while the tokens follow the filters."""
     from trl_soup.core import entropy_from_top_logprobs
@@ -340,8 +385,17 @@ def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, tokenizer, server, ma
     """A relay run at identical weights (learning rate 0, the behavior refreshed to the learner) with top_p=0.9,
     top_k=20: the prefix log-ratio log pi_theta - log pi_behavior that enters the loss is 0."""
     learner = build_tiny_model(tokenizer, seed=3)
-    args = _server_args(tmp_path, server, learning_rate=0.0, temperature=1.0, top_p=0.9, top_k=20, max_steps=2,
-                        prefix_strategy="entropy", prefix_entropy_top_k=4)
+    args = _server_args(
+        tmp_path,
+        server,
+        learning_rate=0.0,
+        temperature=1.0,
+        top_p=0.9,
+        top_k=20,
+        max_steps=2,
+        prefix_strategy="entropy",
+        prefix_entropy_top_k=4,
+    )
     trainer = make_trainer(args, model=learner, trainer_class=RecordingTrainer)
     trainer.train()
     relay = trainer.batches[1]  # batch 0 is on-policy (right after the refresh), batch 1 a relay batch
@@ -350,6 +404,7 @@ def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, tokenizer, server, ma
     log_ratio = relay["old_per_token_logps"][prefix] - relay["behavior_per_token_logps"][prefix]
     assert log_ratio.abs().max().item() < TOLERANCE, (log_ratio.abs().max().item(), log_ratio.mean().item())
     reference = _fresh_copy(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
-    ref, _ = reference_logps(reference, relay["prompt_ids"], relay["prompt_mask"], relay["completion_ids"],
-                             relay["completion_mask"], 1.0)
+    ref, _ = reference_logps(
+        reference, relay["prompt_ids"], relay["prompt_mask"], relay["completion_ids"], relay["completion_mask"], 1.0
+    )
     assert (relay["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def zero3_result(tmp_path_factory):
-    return launch_for_result("cpu_zero3.yaml", SCRIPT, tmp_path_factory.mktemp("zero3"), timeout=900,
-                             what="ZeRO-3 run")
+    return launch_for_result(
+        "cpu_zero3.yaml", SCRIPT, tmp_path_factory.mktemp("zero3"), timeout=900, what="ZeRO-3 run"
+    )
 
 
 def test_two_deepspeed_zero3_processes(zero3_result):

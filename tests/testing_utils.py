@@ -129,8 +129,14 @@ class RecordingTrainer(SOUPTrainer):
             batch = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in output.items()}
         else:
             batch = {k: output[k].clone() for k in self.batch_keys if output.get(k) is not None}
-        record = {"index": index, "age": index % self.args.behavior_refresh_interval, "inputs": inputs, "batch": batch,
-                  "relay": self.last_relay_record, **before}
+        record = {
+            "index": index,
+            "age": index % self.args.behavior_refresh_interval,
+            "inputs": inputs,
+            "batch": batch,
+            "relay": self.last_relay_record,
+            **before,
+        }
         record.update(self.record_after(record))
         self.records.append(record)
         return output
@@ -146,8 +152,9 @@ def probe_logps(url, tokenizer, model_name):
 
     ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
     client = BehaviorServerClient(url)
-    choice = client.complete({"model": model_name, "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0,
-                              "temperature": 1.0})[0]
+    choice = client.complete(
+        {"model": model_name, "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0}
+    )[0]
     scored = zip(choice["prompt_logprobs"][1:], ids[1:], strict=True)  # the first prompt token has no log-prob
     return torch.tensor([entry[str(token)]["logprob"] for entry, token in scored])
 

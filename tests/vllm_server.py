@@ -120,7 +120,7 @@ def _meminfo_bytes(path: str, prefix: str = "") -> dict[str, int]:
     values = {}
     with open(path) as f:
         for line in f:
-            parts = line[len(prefix):].split() if line.startswith(prefix) else line.split()
+            parts = line[len(prefix) :].split() if line.startswith(prefix) else line.split()
             if len(parts) >= 2 and parts[1].isdigit():
                 values[parts[0].rstrip(":")] = int(parts[1]) * (1024 if parts[2:3] == ["kB"] else 1)
     return values
@@ -155,8 +155,9 @@ def available_memory_bytes() -> int:
         except OSError:
             continue
         if node_cpus & cpus and "MemFree" in info:
-            candidates.append(sum(info.get(key, 0) for key in ("MemFree", "Active(file)", "Inactive(file)",
-                                                                "SReclaimable")))
+            candidates.append(
+                sum(info.get(key, 0) for key in ("MemFree", "Active(file)", "Inactive(file)", "SReclaimable"))
+            )
     limit, usage = _read_int("/sys/fs/cgroup/memory.max"), _read_int("/sys/fs/cgroup/memory.current")
     if limit is not None and usage is not None:
         candidates.append(max(0, limit - usage))
@@ -172,8 +173,14 @@ def _parse_cpulist(text: str) -> set[int]:
     return cpus
 
 
-def kv_cache_bytes(engines: int = 1, *, preferred: int = KV_CACHE_BYTES, minimum: int = MIN_KV_CACHE_BYTES,
-                   headroom: int = SERVER_HEADROOM_BYTES, step: int = MiB) -> int:
+def kv_cache_bytes(
+    engines: int = 1,
+    *,
+    preferred: int = KV_CACHE_BYTES,
+    minimum: int = MIN_KV_CACHE_BYTES,
+    headroom: int = SERVER_HEADROOM_BYTES,
+    step: int = MiB,
+) -> int:
     """The KV cache (bytes, per engine) to ask each of `engines` vLLM engines on CPU for, from the memory free now.
 
     `min(preferred, (available - headroom) / engines)`, rounded down to a multiple of `step` (`GiB` for
@@ -185,8 +192,10 @@ def kv_cache_bytes(engines: int = 1, *, preferred: int = KV_CACHE_BYTES, minimum
     available = available_memory_bytes()
     size = min(preferred, (available - headroom) // engines) // step * step
     if size < minimum:
-        pytest.skip(f"too little free memory for vLLM: {available / GiB:.2f} GiB available, {engines} engine(s) need "
-                    f"{minimum / GiB:.2f} GiB of KV cache each plus {headroom / GiB:.2f} GiB for their processes")
+        pytest.skip(
+            f"too little free memory for vLLM: {available / GiB:.2f} GiB available, {engines} engine(s) need "
+            f"{minimum / GiB:.2f} GiB of KV cache each plus {headroom / GiB:.2f} GiB for their processes"
+        )
     return size
 
 
@@ -360,9 +369,7 @@ def start_vllm_server(
             skip_if_kv_cache_refused(_tail(log_path, 400))  # the log stays on disk for a look
             tail = _tail(log_path, 60)
             print(f"--- vLLM server log tail ({log_path}) ---\n{tail}", file=sys.stderr)
-            raise RuntimeError(
-                f"{error}\ncommand: {' '.join(command)}\nlog: {log_path}\nlog tail:\n{tail}"
-            ) from error
+            raise RuntimeError(f"{error}\ncommand: {' '.join(command)}\nlog: {log_path}\nlog tail:\n{tail}") from error
         yield ServerURL(url, process, log_path, port)
     finally:
         _stop(process)

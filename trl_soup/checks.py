@@ -32,8 +32,10 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
             "for a fully fine-tuned model: 'disk', 'nccl'."
         )
-    for split, dataset in (("train_dataset", arguments.get("train_dataset")),
-                           ("eval_dataset", arguments.get("eval_dataset"))):
+    for split, dataset in (
+        ("train_dataset", arguments.get("train_dataset")),
+        ("eval_dataset", arguments.get("eval_dataset")),
+    ):
         columns = getattr(dataset, "column_names", None)  # a Dataset (an IterableDataset may not know them)
         # With an environment_factory (allowed at T = 1) the environment, not a column, may supply the prompts.
         if isinstance(columns, list) and "prompt" not in columns and not arguments.get("environment_factory"):
@@ -70,17 +72,22 @@ def check_trainer_setup(trainer) -> None:
             "ZeRO-1/2/3."
         )
     if relay and trainer._is_vlm:
-        raise ValueError("SOUPTrainer's relay batches support text-only models in this release; got a "
-                         "vision-language processor. Allowed: a text model, or behavior_refresh_interval=1.")
+        raise ValueError(
+            "SOUPTrainer's relay batches support text-only models in this release; got a "
+            "vision-language processor. Allowed: a text model, or behavior_refresh_interval=1."
+        )
     every = args.steps_per_generation * trainer.num_iterations
-    if args.old_logps_from_loss_forward and (args.gradient_accumulation_steps % every != 0 or (
-            trainer.use_vllm and trainer.vllm_importance_sampling_correction)):
+    if args.old_logps_from_loss_forward and (
+        args.gradient_accumulation_steps % every != 0
+        or (trainer.use_vllm and trainer.vllm_importance_sampling_correction)
+    ):
         warnings.warn(
             "old_logps_from_loss_forward=True has no effect with these settings: TRL computes pi_old itself "
             f"(num_iterations={trainer.num_iterations}, steps_per_generation={args.steps_per_generation}, "
             f"gradient_accumulation_steps={args.gradient_accumulation_steps}, use_vllm={trainer.use_vllm}), because "
             "the weights change between generation and the loss or vLLM's importance-sampling correction needs it.",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -92,14 +99,22 @@ def warn_unscored_rewards(rewards_per_func, reward_func_names: list[str]) -> Non
             None into NaN).
         reward_func_names: TRL's names of the reward functions, in column order.
     """
-    empty = [name for name, column in zip(reward_func_names, rewards_per_func.isnan().all(dim=0).tolist(), strict=True)
-             if column]
+    empty = [
+        name
+        for name, column in zip(reward_func_names, rewards_per_func.isnan().all(dim=0).tolist(), strict=True)
+        if column
+    ]
     for name in empty:
         everything = len(empty) == len(reward_func_names)
-        consequence = ("no completion of the batch has a reward, so the loss is 0 and nothing is learned"
-                       if everything else "it adds nothing to the advantages of this batch")
+        consequence = (
+            "no completion of the batch has a reward, so the loss is 0 and nothing is learned"
+            if everything
+            else "it adds nothing to the advantages of this batch"
+        )
         warnings.warn(
             f"Reward function {name!r} returned None or NaN for every completion of a generation batch: "
             f"{consequence}. Check that it returns one float per completion (None only for completions it cannot "
-            "score).", UserWarning, stacklevel=2,
+            "score).",
+            UserWarning,
+            stacklevel=2,
         )

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
 
 import torch
-
 from trl import GRPOConfig
 
 from .truncation import available_prefix_strategies
@@ -18,9 +17,16 @@ BEHAVIOR_REFRESH_METHODS = ("disk", "lora", "nccl")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Options of the vllm_server backend, and of the truncation strategies, that another choice ignores.
 SERVER_FIELDS = (
-    "behavior_server_base_url", "behavior_server_host", "behavior_server_port", "behavior_server_timeout",
-    "behavior_server_connect_timeout", "behavior_server_max_retries", "behavior_refresh_method",
-    "behavior_server_group_port", "behavior_refresh_dir", "prefix_entropy_logprobs",
+    "behavior_server_base_url",
+    "behavior_server_host",
+    "behavior_server_port",
+    "behavior_server_timeout",
+    "behavior_server_connect_timeout",
+    "behavior_server_max_retries",
+    "behavior_refresh_method",
+    "behavior_server_group_port",
+    "behavior_refresh_dir",
+    "prefix_entropy_logprobs",
 )
 STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
 
@@ -156,8 +162,9 @@ class SOUPConfig(GRPOConfig):
     )
     behavior_server_host: str = field(
         default="127.0.0.1",
-        metadata={"help": "vllm_server backend: host of the behavior server when no base URL is given. "
-                  "Default '127.0.0.1'."},
+        metadata={
+            "help": "vllm_server backend: host of the behavior server when no base URL is given. Default '127.0.0.1'."
+        },
     )
     behavior_server_port: int = field(
         default=8001,
@@ -195,8 +202,10 @@ class SOUPConfig(GRPOConfig):
     )
     behavior_server_group_port: int = field(
         default=51217,
-        metadata={"help": "vllm_server backend with behavior_refresh_method='nccl': port of the weight-update group "
-                  "(distinct from TRL's vllm_group_port). Default 51217."},
+        metadata={
+            "help": "vllm_server backend with behavior_refresh_method='nccl': port of the weight-update group "
+            "(distinct from TRL's vllm_group_port). Default 51217."
+        },
     )
     behavior_refresh_dir: str | None = field(
         default=None,
@@ -264,8 +273,11 @@ class SOUPConfig(GRPOConfig):
 
     def _require_int(self, name: str, minimum: int, maximum: int | None = None, note: str = "") -> None:
         value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-            maximum is not None and value > maximum
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < minimum
+            or (maximum is not None and value > maximum)
         ):
             allowed = f"an integer in [{minimum}, {maximum}]" if maximum is not None else f"an integer >= {minimum}"
             raise ValueError(f"{name}={value!r} is invalid: it must be {allowed}{note}.")
@@ -277,20 +289,23 @@ class SOUPConfig(GRPOConfig):
                 f"prefix_strategy={self.prefix_strategy!r} is not a registered strategy. Allowed values: {known} "
                 "(register more with trl_soup.register_prefix_strategy)."
             )
-        if isinstance(self.prefix_ratio, bool) or not isinstance(self.prefix_ratio, (int, float)) or not (
-            0.0 <= float(self.prefix_ratio) <= 1.0
+        if (
+            isinstance(self.prefix_ratio, bool)
+            or not isinstance(self.prefix_ratio, (int, float))
+            or not (0.0 <= float(self.prefix_ratio) <= 1.0)
         ):
             raise ValueError(f"prefix_ratio={self.prefix_ratio!r} is invalid: it must be a number in [0, 1].")
         self.prefix_ratio = float(self.prefix_ratio)
         self._require_int("prefix_entropy_top_k", 1)
-        self._require_int("behavior_refresh_interval", 1,
-                          note=" (T, in generation batches; 1 means plain on-policy DAPO)")
-        for name, allowed in (("behavior_backend", BEHAVIOR_BACKENDS),
-                              ("behavior_refresh_method", BEHAVIOR_REFRESH_METHODS)):
+        self._require_int(
+            "behavior_refresh_interval", 1, note=" (T, in generation batches; 1 means plain on-policy DAPO)"
+        )
+        for name, allowed in (
+            ("behavior_backend", BEHAVIOR_BACKENDS),
+            ("behavior_refresh_method", BEHAVIOR_REFRESH_METHODS),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} is not supported. Allowed values: {list(allowed)}."
-                )
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported. Allowed values: {list(allowed)}.")
         self._require_int("behavior_server_port", 1, 65535, note=" (a TCP port)")
         self._require_int("behavior_server_group_port", 1, 65535, note=" (a TCP port)")
         self._require_int("behavior_server_max_retries", 0)
@@ -313,16 +328,16 @@ class SOUPConfig(GRPOConfig):
                 raise ValueError(f"{name}={timeout!r} is invalid: it must be a number of seconds > 0.")
         url = self.behavior_server_base_url
         if url is not None and not str(url).startswith(("http://", "https://")):
-            raise ValueError(
-                f"behavior_server_base_url={url!r} is invalid: it must start with http:// or https://."
-            )
+            raise ValueError(f"behavior_server_base_url={url!r} is invalid: it must start with http:// or https://.")
         if self.behavior_backend == "vllm_server":
             host = urlparse(url).hostname if url is not None else self.behavior_server_host
             if host not in LOOPBACK_HOSTS:
                 warnings.warn(
                     f"The behavior server is at {host!r}, not on this machine's loopback: it runs vLLM's dev-mode "
                     "endpoints (VLLM_SERVER_DEV_MODE=1), which reload weights for anyone who can reach them. Keep it on "
-                    "a private network, or use 127.0.0.1.", UserWarning, stacklevel=3,
+                    "a private network, or use 127.0.0.1.",
+                    UserWarning,
+                    stacklevel=3,
                 )
             if self.behavior_refresh_method == "nccl" and (self.use_cpu or not torch.cuda.is_available()):
                 raise ValueError(
@@ -401,5 +416,9 @@ class SOUPConfig(GRPOConfig):
                 "max_completion_length - len(prefix), so it must be an integer >= 1."
             )
         if self.prefix_budget is not None:
-            self._require_int("prefix_budget", 1, self.max_completion_length,
-                              note=" (tokens of behavior prefix, at most max_completion_length)")
+            self._require_int(
+                "prefix_budget",
+                1,
+                self.max_completion_length,
+                note=" (tokens of behavior prefix, at most max_completion_length)",
+            )

@@ -82,7 +82,9 @@ def truncate_by_entropy(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if entropies.shape != mask.shape or entropies.dim() != 2:
-        raise ValueError(f"entropies and mask must both be (B, C); got {tuple(entropies.shape)} and {tuple(mask.shape)}")
+        raise ValueError(
+            f"entropies and mask must both be (B, C); got {tuple(entropies.shape)} and {tuple(mask.shape)}"
+        )
     valid = mask.bool()
     n_valid = valid.sum(dim=1)  # (B,)
     k = torch.clamp(n_valid, max=top_k)  # candidates per row
@@ -316,7 +318,9 @@ def entropy_from_top_logprobs(top_logprobs: torch.Tensor, vocab_size: int) -> tu
     log_p_min = torch.where(known, logp, torch.full_like(logp, float("inf"))).min(-1).values
     lower = h_top + rest * (-log_p_min).clamp(min=0.0)  # H_S + r log(1/p_min)
     tail = torch.clamp(vocab_size - k, min=1).to(torch.float64)
-    upper = h_top + torch.where(rest > 0, rest * (torch.log(tail) - torch.log(rest.clamp(min=1e-300))), torch.zeros_like(rest))
+    upper = h_top + torch.where(
+        rest > 0, rest * (torch.log(tail) - torch.log(rest.clamp(min=1e-300))), torch.zeros_like(rest)
+    )
     upper = torch.maximum(upper, lower)
     return lower.to(top_logprobs.dtype), upper.to(top_logprobs.dtype)
 

@@ -189,8 +189,17 @@ class TransformersGenerator:
         batch_size: prompts rows per ``generate`` call.
     """
 
-    def __init__(self, model, *, pad_token_id: int, eos_token_ids: Sequence[int] | None = None,
-                 temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64, dtype: str = "auto"):
+    def __init__(
+        self,
+        model,
+        *,
+        pad_token_id: int,
+        eos_token_ids: Sequence[int] | None = None,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        batch_size: int = 64,
+        dtype: str = "auto",
+    ):
         if isinstance(model, str):
             from transformers import AutoModelForCausalLM
 
@@ -213,8 +222,11 @@ class TransformersGenerator:
         device = next(self.model.parameters()).device
         # Every sampling knob is explicit: a checkpoint's generation_config (top_k=20, repetition_penalty=1.05, ...)
         # must not change what is evaluated, and vLLM's SamplingParams below starts from the same neutral values.
-        sampling = dict(do_sample=True, temperature=self.temperature, top_p=self.top_p) if self.temperature > 0 \
+        sampling = (
+            dict(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+            if self.temperature > 0
             else dict(do_sample=False)
+        )
         sampling.update(top_k=0, repetition_penalty=1.0)
         out: list[list[int]] = []
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -232,12 +244,17 @@ class TransformersGenerator:
                     out.extend([] for _ in batch)
                     continue
                 generated = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), max_new_tokens=budget,
-                    min_new_tokens=0, pad_token_id=self.pad_token_id, eos_token_id=sorted(self.eos_token_ids),
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=budget,
+                    min_new_tokens=0,
+                    pad_token_id=self.pad_token_id,
+                    eos_token_id=sorted(self.eos_token_ids),
                     **sampling,
                 )[:, width:].tolist()
-                out.extend(_cut_at_eos(ids, self.eos_token_ids, b)
-                           for ids, (_, b) in zip(generated, batch, strict=True))
+                out.extend(
+                    _cut_at_eos(ids, self.eos_token_ids, b) for ids, (_, b) in zip(generated, batch, strict=True)
+                )
         return out
 
     def close(self) -> None:
@@ -275,8 +292,10 @@ class VLLMGenerator:
         # One request per (prompt, sample) with n=1: greedy decoding refuses n > 1, and a seed per row makes the
         # result independent of vLLM's batching. vLLM refuses max_tokens=0, so such rows stay empty.
         rows = [(i * n + j, i) for i in range(len(prompt_ids)) for j in range(n) if budgets[i] > 0]
-        params = [SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, max_tokens=budgets[i],
-                                 seed=seed + row) for row, i in rows]
+        params = [
+            SamplingParams(n=1, temperature=self.temperature, top_p=self.top_p, max_tokens=budgets[i], seed=seed + row)
+            for row, i in rows
+        ]
         prompts = [TokensPrompt(prompt_token_ids=list(prompt_ids[i])) for _, i in rows]
         results = self.llm.generate(prompts, params, use_tqdm=False) if rows else []
         out: list[list[int]] = [[] for _ in range(len(prompt_ids) * n)]
@@ -309,14 +328,24 @@ def resolve_backend(backend: str) -> str:
     return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
 
 
-def build_generator(backend: str, model: str, *, pad_token_id: int, temperature: float, top_p: float,
-                    batch_size: int = 64, dtype: str = "auto", vllm_kwargs: dict | None = None) -> Generator:
+def build_generator(
+    backend: str,
+    model: str,
+    *,
+    pad_token_id: int,
+    temperature: float,
+    top_p: float,
+    batch_size: int = 64,
+    dtype: str = "auto",
+    vllm_kwargs: dict | None = None,
+) -> Generator:
     """A `Generator` for a model path on ``backend`` ("auto", "transformers" or "vllm")."""
     backend = resolve_backend(backend)
     if backend == "vllm":
         return VLLMGenerator(model, temperature=temperature, top_p=top_p, dtype=dtype, **(vllm_kwargs or {}))
-    return TransformersGenerator(model, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p,
-                                 batch_size=batch_size, dtype=dtype)
+    return TransformersGenerator(
+        model, pad_token_id=pad_token_id, temperature=temperature, top_p=top_p, batch_size=batch_size, dtype=dtype
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -339,8 +368,14 @@ class RelayPlan:
     budgets: list[int]
 
 
-def plan_relay(prompt_ids: list[list[int]], responses: list[list[int]], n: int, prefix_ratio: float,
-               max_new_tokens: int, eos_token_ids: Sequence[int]) -> RelayPlan:
+def plan_relay(
+    prompt_ids: list[list[int]],
+    responses: list[list[int]],
+    n: int,
+    prefix_ratio: float,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+) -> RelayPlan:
     """Cut the prefix model's responses by ratio (paper Sec. 3.3) and set up the continuation requests.
 
     Args:
@@ -352,8 +387,9 @@ def plan_relay(prompt_ids: list[list[int]], responses: list[list[int]], n: int, 
         eos_token_ids: a prefix ending with one of these is final (no continuation), as in training.
     """
     if len(responses) != len(prompt_ids) * n:
-        raise ValueError(f"expected {len(prompt_ids) * n} responses ({len(prompt_ids)} prompts x n={n}), "
-                         f"got {len(responses)}")
+        raise ValueError(
+            f"expected {len(prompt_ids) * n} responses ({len(prompt_ids)} prompts x n={n}), got {len(responses)}"
+        )
     if not 0.0 <= prefix_ratio <= 1.0:
         raise ValueError(f"prefix_ratio must be in [0, 1], got {prefix_ratio}")
     eos = set(eos_token_ids)
@@ -366,10 +402,18 @@ def plan_relay(prompt_ids: list[list[int]], responses: list[list[int]], n: int, 
     return RelayPlan(prefixes, continuation_prompts, budgets.tolist())
 
 
-def relay_generate(prefix_generator: Generator | None, continuation_generator: Generator,
-                   prompt_ids: list[list[int]], max_new_tokens: int, n: int, prefix_ratio: float,
-                   eos_token_ids: Sequence[int], seed: int = 0, *,
-                   prefix_responses: list[list[int]] | None = None) -> tuple[list[list[int]], list[int]]:
+def relay_generate(
+    prefix_generator: Generator | None,
+    continuation_generator: Generator,
+    prompt_ids: list[list[int]],
+    max_new_tokens: int,
+    n: int,
+    prefix_ratio: float,
+    eos_token_ids: Sequence[int],
+    seed: int = 0,
+    *,
+    prefix_responses: list[list[int]] | None = None,
+) -> tuple[list[list[int]], list[int]]:
     """Relay inference: the prefix model writes, the response is cut, the continuation model finishes it.
 
     Args:

@@ -49,9 +49,14 @@ def relay_length_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def segment_statistic_values(per_token_logps: torch.Tensor, denominator: torch.Tensor | None, advantages: torch.Tensor,
-                             entropies: torch.Tensor | None, epsilon_low: float,
-                             epsilon_high: float) -> dict[str, torch.Tensor]:
+def segment_statistic_values(
+    per_token_logps: torch.Tensor,
+    denominator: torch.Tensor | None,
+    advantages: torch.Tensor,
+    entropies: torch.Tensor | None,
+    epsilon_low: float,
+    epsilon_high: float,
+) -> dict[str, torch.Tensor]:
     """Per-token statistics of the loss (paper Fig. 5): clip indicator of Eq. 1, |log r_t|, and entropy if known.
 
     Args:
@@ -70,8 +75,9 @@ def segment_statistic_values(per_token_logps: torch.Tensor, denominator: torch.T
     return values
 
 
-def segment_statistics_sums(values: dict[str, torch.Tensor], mask: torch.Tensor,
-                            prefix_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+def segment_statistics_sums(
+    values: dict[str, torch.Tensor], mask: torch.Tensor, prefix_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """:func:`trl_soup.core.segment_sums` of each statistic."""
     return {name: segment_sums(v, mask, prefix_mask) for name, v in values.items()}
 
@@ -90,10 +96,13 @@ def segment_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return metrics
 
 
-def position_sums(values: dict[str, torch.Tensor], mask: torch.Tensor,
-                  num_bins: int = POSITION_BINS) -> dict[str, torch.Tensor]:
+def position_sums(
+    values: dict[str, torch.Tensor], mask: torch.Tensor, num_bins: int = POSITION_BINS
+) -> dict[str, torch.Tensor]:
     """Entropy and clip ratio (those present) by bin of relative position: ``(num_bins, 2)`` sums and counts."""
-    return {name: position_bin_sums(values[name], mask, num_bins) for name in ("entropy", "clip_ratio") if name in values}
+    return {
+        name: position_bin_sums(values[name], mask, num_bins) for name in ("entropy", "clip_ratio") if name in values
+    }
 
 
 def position_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -105,8 +114,9 @@ def position_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return metrics
 
 
-def continuation_ratio_summary(ratio: torch.Tensor, completion_mask: torch.Tensor,
-                               prefix_mask: torch.Tensor) -> torch.Tensor:
+def continuation_ratio_summary(
+    ratio: torch.Tensor, completion_mask: torch.Tensor, prefix_mask: torch.Tensor
+) -> torch.Tensor:
     """``(3,)`` min, mean and max of TRL's vLLM importance-sampling ratio over the continuation.
 
     Token modes (``ratio`` is ``(B, C)``): over continuation tokens; sequence modes (``(B, 1)``): over the sequences
@@ -124,5 +134,7 @@ def importance_sampling_metrics(gathered: torch.Tensor) -> dict[str, float]:
     metrics = {}
     for column, (name, reduce) in enumerate((("min", torch.min), ("mean", torch.mean), ("max", torch.max))):
         finite = gathered[:, column][~gathered[:, column].isnan()]
-        metrics[f"sampling/importance_sampling_ratio/{name}"] = reduce(finite).item() if finite.numel() else float("nan")
+        metrics[f"sampling/importance_sampling_ratio/{name}"] = (
+            reduce(finite).item() if finite.numel() else float("nan")
+        )
     return metrics

@@ -45,8 +45,12 @@ class RelayRecord:
     def length_sums(self, device) -> torch.Tensor:
         """``(4,)``: sums of prefix lengths, behavior lengths, final prefixes, and the row count (to reduce)."""
         return torch.tensor(
-            [float(self.prefix_lengths.sum()), float(self.behavior_lengths.sum()),
-             float(self.no_continuation.sum()), float(len(self.prefix_logps))],
+            [
+                float(self.prefix_lengths.sum()),
+                float(self.behavior_lengths.sum()),
+                float(self.no_continuation.sum()),
+                float(len(self.prefix_logps)),
+            ],
             device=device,
         )
 
@@ -69,7 +73,8 @@ class LossCapture:
         self.per_token_logps = per_token_logps.detach()
         self.entropies = None if entropies is None else entropies.detach()
         if self.deferred_denominator is not None:
-            filled = mixed_old_per_token_logps(self.deferred_prefix_mask, self.deferred_denominator,
-                                               self.per_token_logps)  # Eq. 5
+            filled = mixed_old_per_token_logps(
+                self.deferred_prefix_mask, self.deferred_denominator, self.per_token_logps
+            )  # Eq. 5
             self.deferred_denominator.copy_(filled)
             self.deferred_denominator = None  # filled once: later forwards of the same loss only record

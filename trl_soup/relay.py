@@ -58,13 +58,19 @@ class ContinuationPlan:
         return int(self.budgets[rows].max()) if bool(rows.any()) else 1
 
 
-def plan_continuations(prompt_ids: list[list[int]], samples: BehaviorSamples, prefix_lengths: torch.Tensor,
-                       max_completion_length: int, send_every_row: bool = False) -> ContinuationPlan:
+def plan_continuations(
+    prompt_ids: list[list[int]],
+    samples: BehaviorSamples,
+    prefix_lengths: torch.Tensor,
+    max_completion_length: int,
+    send_every_row: bool = False,
+) -> ContinuationPlan:
     """Cut each behavior response to its prefix and build the continuation requests (the relay rule of
     :func:`trl_soup.core.continuation_budgets`)."""
     prefix_lengths = prefix_lengths.cpu()
-    budgets, finished = continuation_budgets(prefix_lengths, samples.lengths.cpu(), samples.ended_with_eos.cpu(),
-                                             max_completion_length)
+    budgets, finished = continuation_budgets(
+        prefix_lengths, samples.lengths.cpu(), samples.ended_with_eos.cpu(), max_completion_length
+    )
     behavior_ids = samples.completion_ids.cpu()
     prefixes = [behavior_ids[i, : prefix_lengths[i]].tolist() for i in range(len(prompt_ids))]
     sent = [i for i in range(len(prompt_ids)) if send_every_row or not finished[i]]
@@ -72,9 +78,12 @@ def plan_continuations(prompt_ids: list[list[int]], samples: BehaviorSamples, pr
     return ContinuationPlan(prefix_lengths, prefixes, budgets, finished, sent, requests)
 
 
-def assemble_relay(plan: ContinuationPlan, samples: BehaviorSamples,
-                   continuation: tuple[list[list[int]], list[list[float]] | None] | None,
-                   nan_prefix_logps: bool = False) -> tuple[list[list[int]], list[list[float]] | None, RelayRecord]:
+def assemble_relay(
+    plan: ContinuationPlan,
+    samples: BehaviorSamples,
+    continuation: tuple[list[list[int]], list[list[float]] | None] | None,
+    nan_prefix_logps: bool = False,
+) -> tuple[list[list[int]], list[list[float]] | None, RelayRecord]:
     """Join each prefix with its continuation (cut to the row's own budget) into the completions.
 
     Args:
@@ -114,9 +123,18 @@ def assemble_relay(plan: ContinuationPlan, samples: BehaviorSamples,
     return completion_ids, sampling_logps, record
 
 
-def relay_generation(prompt_ids: list[list[int]], samples: BehaviorSamples, args, generator: torch.Generator,
-                     continue_fn: ContinuationFn, *, max_completion_length: int, use_vllm: bool = False,
-                     collective: bool = False, reduce_max: Callable[[int], int] | None = None):
+def relay_generation(
+    prompt_ids: list[list[int]],
+    samples: BehaviorSamples,
+    args,
+    generator: torch.Generator,
+    continue_fn: ContinuationFn,
+    *,
+    max_completion_length: int,
+    use_vllm: bool = False,
+    collective: bool = False,
+    reduce_max: Callable[[int], int] | None = None,
+):
     """One relay generation batch: cut the behavior responses, ask ``continue_fn`` for the continuations, assemble.
 
     Args:
@@ -134,8 +152,15 @@ def relay_generation(prompt_ids: list[list[int]], samples: BehaviorSamples, args
     Returns:
         ``(completion_ids, sampling_logps, record)`` as :func:`assemble_relay`.
     """
-    prefix_lengths = compute_prefix_lengths(args.prefix_strategy, samples.completion_ids, samples.per_token_logps,
-                                            samples.entropies, samples.mask, generator, args)
+    prefix_lengths = compute_prefix_lengths(
+        args.prefix_strategy,
+        samples.completion_ids,
+        samples.per_token_logps,
+        samples.entropies,
+        samples.mask,
+        generator,
+        args,
+    )
     plan = plan_continuations(prompt_ids, samples, prefix_lengths, max_completion_length, send_every_row=use_vllm)
     continuation = None
     if plan.requests or collective:
@@ -163,7 +188,9 @@ def restrict_vllm_correction(batch: dict) -> torch.Tensor | None:
     prefix_mask = batch["prefix_mask"]
     sampling = batch.get("sampling_per_token_logps")
     if sampling is not None:
-        batch["sampling_per_token_logps"] = torch.where(prefix_mask.bool(), batch["behavior_per_token_logps"], sampling)
+        batch["sampling_per_token_logps"] = torch.where(
+            prefix_mask.bool(), batch["behavior_per_token_logps"], sampling
+        )
     ratio = batch.get("importance_sampling_ratio")
     if ratio is None:
         return None

@@ -41,8 +41,9 @@ def prefix_columns(completion_ids: list[list[int]], prefix_lengths: list[int], d
     """Columns of the completions table (``log_completions=True``) that show where the behavior prefix ends:
     ``behavior_prefix`` (its text; empty on on-policy rows) and ``behavior_prefix_tokens`` (its length)."""
     return {
-        "behavior_prefix": [decode(ids[:k]) if k > 0 else "" for ids, k in zip(completion_ids, prefix_lengths,
-                                                                              strict=True)],
+        "behavior_prefix": [
+            decode(ids[:k]) if k > 0 else "" for ids, k in zip(completion_ids, prefix_lengths, strict=True)
+        ],
         "behavior_prefix_tokens": [int(k) for k in prefix_lengths],
     }
 

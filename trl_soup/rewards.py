@@ -51,8 +51,11 @@ def math_is_correct(response: str, gold: str) -> bool | None:
     if not gold_parsed:
         return None
     extraction = [
-        LatexExtractionConfig(normalization_config=NormalizationConfig(units=True), boxed_match_priority=0,
-                              try_extract_without_anchor=False),
+        LatexExtractionConfig(
+            normalization_config=NormalizationConfig(units=True),
+            boxed_match_priority=0,
+            try_extract_without_anchor=False,
+        ),
     ]
     answer = parse(response, extraction_config=extraction, extraction_mode="first_match", parsing_timeout=timeout)
     if not answer:  # no LaTeX answer: fall back to math-verify's default extraction (plain numbers, "answer: x")

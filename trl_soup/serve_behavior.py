@@ -40,9 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", args.host,
-               "--port", str(args.port), "--dtype", args.dtype, "--logprobs-mode", "processed_logprobs",
-               "--max-logprobs", str(args.max_logprobs)]
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model_dir,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--dtype",
+        args.dtype,
+        "--logprobs-mode",
+        "processed_logprobs",
+        "--max-logprobs",
+        str(args.max_logprobs),
+    ]
     if args.max_model_len:
         command += ["--max-model-len", str(args.max_model_len)]
     if args.gpu_memory_utilization is not None:
@@ -58,13 +72,18 @@ def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.host not in LOOPBACK:
-        print(f"[serve_behavior] WARNING: binding to {args.host}. The dev-mode endpoints of this server can reload its "
-              "weights: keep it on a private network.", file=sys.stderr)
+        print(
+            f"[serve_behavior] WARNING: binding to {args.host}. The dev-mode endpoints of this server can reload its "
+            "weights: keep it on a private network.",
+            file=sys.stderr,
+        )
     command, env = build_command(args, args.model)
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-    print(f"[serve_behavior] pass to SOUPConfig: behavior_backend='vllm_server', "
-          f"behavior_server_base_url='http://{host}:{args.port}'"
-          + (", behavior_refresh_method='lora'" if args.enable_lora else ", behavior_refresh_method='disk'"))
+    print(
+        f"[serve_behavior] pass to SOUPConfig: behavior_backend='vllm_server', "
+        f"behavior_server_base_url='http://{host}:{args.port}'"
+        + (", behavior_refresh_method='lora'" if args.enable_lora else ", behavior_refresh_method='disk'")
+    )
     print("[serve_behavior] " + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command), flush=True)
     if args.dry_run:
         return

@@ -12,7 +12,6 @@ import os
 import time
 
 import torch
-
 from transformers import GenerationConfig
 from trl import GRPOTrainer
 
@@ -24,8 +23,8 @@ from .checks import check_trainer_arguments, check_trainer_setup, warn_unscored_
 from .config import SOUPConfig
 from .core import build_prefix_mask, mixed_old_per_token_logps
 from .records import LossCapture, RelayRecord
-from .reporting import SOUP_PAPER, describe_local_base_model, drop_empty_metrics, prefix_columns
 from .relay import relay_generation, restrict_vllm_correction
+from .reporting import SOUP_PAPER, describe_local_base_model, drop_empty_metrics, prefix_columns
 from .state import SNAPSHOT_DIR, SOUP_STATE_FILE, SOUPState, load_rng_state, save_rng_state
 from .truncation import behavior_decode_budget
 
@@ -104,10 +103,16 @@ class SOUPTrainer(GRPOTrainer):
         """TRL builds transformers generation settings only without vLLM; the in-process behavior copy samples with
         transformers under the sampling settings TRL gives vLLM (args.generation_kwargs are vLLM's, not used)."""
         self.generation_kwargs = {
-            "max_new_tokens": self.max_completion_length, "do_sample": True,
-            "pad_token_id": self._tokenizer.pad_token_id, "bos_token_id": self._tokenizer.bos_token_id,
-            "eos_token_id": self.eos_token_ids, "temperature": self.temperature, "top_p": self.top_p,
-            "top_k": self.top_k, "min_p": self.min_p, "repetition_penalty": self.repetition_penalty,
+            "max_new_tokens": self.max_completion_length,
+            "do_sample": True,
+            "pad_token_id": self._tokenizer.pad_token_id,
+            "bos_token_id": self._tokenizer.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
         }
         self.generation_config = GenerationConfig(**self.generation_kwargs, disable_compile=True)
 
@@ -126,7 +131,9 @@ class SOUPTrainer(GRPOTrainer):
         super().create_model_card(model_name, dataset_name, tags)
         if self.is_world_process_zero():
             path = self.model.config._name_or_path
-            describe_local_base_model(os.path.join(self.args.output_dir, "README.md"), path if os.path.isdir(path) else None)
+            describe_local_base_model(
+                os.path.join(self.args.output_dir, "README.md"), path if os.path.isdir(path) else None
+            )
 
     def _log_metrics(self, mode: str, values: dict[str, float]) -> None:
         for name, value in values.items():
@@ -235,11 +242,16 @@ class SOUPTrainer(GRPOTrainer):
             return
         every = self.args.steps_per_generation * self.num_iterations  # TRL generates when _step % every == 0
         schedule = prefetch_schedule(
-            self.generation_batch_index, self.args.behavior_refresh_interval, self.args.behavior_prefetch, every,
-            self._step, total=-(-self.state.max_steps * self.args.gradient_accumulation_steps // every),
+            self.generation_batch_index,
+            self.args.behavior_refresh_interval,
+            self.args.behavior_prefetch,
+            every,
+            self._step,
+            total=-(-self.state.max_steps * self.args.gradient_accumulation_steps // every),
         )
-        self.behavior_prefetcher.request_ahead(inputs, schedule, self._prompt_ids, decode_budget,
-                                               self.generation_batch_index)
+        self.behavior_prefetcher.request_ahead(
+            inputs, schedule, self._prompt_ids, decode_budget, self.generation_batch_index
+        )
 
     def _prompt_ids(self, batch) -> list[list[int]]:
         return self._tokenize_prompts([x["prompt"] for x in batch])[0]
@@ -253,7 +265,9 @@ class SOUPTrainer(GRPOTrainer):
             samples = self.behavior_prefetcher.take(self.generation_batch_index, prompt_ids, decode_budget)
             self._metrics["train"]["soup/behavior_prefetch_hit"].append(float(samples is not None))
         if samples is None:
-            samples = self.behavior.sample(prompt_ids, decode_budget, generation_batch_index=self.generation_batch_index)
+            samples = self.behavior.sample(
+                prompt_ids, decode_budget, generation_batch_index=self.generation_batch_index
+            )
         self._metrics["train"]["soup/behavior_wait_time"].append(time.perf_counter() - start)
         return samples
 
@@ -273,8 +287,9 @@ class SOUPTrainer(GRPOTrainer):
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         decode_budget = behavior_decode_budget(self.args.prefix_strategy, self.args)
         if not self._relay_active or decode_budget <= 0:  # nothing from the behavior copy: every sample on-policy
-            result = super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
-                                                   has_tool_images)
+            result = super()._generate_single_turn(
+                prompt_ids, images, multimodal_fields, num_generations, has_tool_images
+            )
             self._log_prefix_columns(result[0], [0] * len(result[0]))
             return result
         if images is not None:
@@ -282,12 +297,18 @@ class SOUPTrainer(GRPOTrainer):
 
         def continue_with_policy(requests, max_new_tokens):
             with generation_budget(self, max_new_tokens):
-                return super(SOUPTrainer, self)._generate_single_turn(requests, None, multimodal_fields, 1,
-                                                                      has_tool_images)
+                return super(SOUPTrainer, self)._generate_single_turn(
+                    requests, None, multimodal_fields, 1, has_tool_images
+                )
 
         completion_ids, sampling_logps, self._relay_record = relay_generation(
-            prompt_ids, self._behavior_samples(prompt_ids, decode_budget), self.args, self.prefix_generator,
-            continue_with_policy, max_completion_length=self.max_completion_length, use_vllm=self.use_vllm,
+            prompt_ids,
+            self._behavior_samples(prompt_ids, decode_budget),
+            self.args,
+            self.prefix_generator,
+            continue_with_policy,
+            max_completion_length=self.max_completion_length,
+            use_vllm=self.use_vllm,
             # Under ZeRO-3 / FSDP generation gathers sharded weights collectively: every rank takes part.
             collective=self.is_deepspeed_enabled or self.is_fsdp_enabled,
             reduce_max=self._max_over_ranks if self.use_vllm else None,
@@ -343,8 +364,12 @@ class SOUPTrainer(GRPOTrainer):
         mode = "train" if self.model.training else "eval"
         mask = _loss_mask(inputs)
         values = soup_metrics.segment_statistic_values(
-            capture.per_token_logps, inputs.get("old_per_token_logps"), inputs["advantages"], capture.entropies,
-            self.epsilon_low, self.epsilon_high,
+            capture.per_token_logps,
+            inputs.get("old_per_token_logps"),
+            inputs["advantages"],
+            capture.entropies,
+            self.epsilon_low,
+            self.epsilon_high,
         )
         segments = soup_metrics.segment_statistics_sums(values, mask, inputs["prefix_mask"])
         sums = {f"segment/{name}": value for name, value in segments.items()}
@@ -362,7 +387,9 @@ class SOUPTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
-        output_dir = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        output_dir = os.path.join(
+            self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        )
         # Only mid-window is the snapshot needed: at a window boundary the next batch refreshes it anyway.
         T = self.args.behavior_refresh_interval
         mid_window = self.behavior is not None and self.generation_batch_index % T != 0
@@ -386,7 +413,7 @@ class SOUPTrainer(GRPOTrainer):
 
 
 def _select(sums: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {name[len(prefix):]: value for name, value in sums.items() if name.startswith(prefix)}
+    return {name[len(prefix) :]: value for name, value in sums.items() if name.startswith(prefix)}
 
 
 def _loss_mask(batch) -> torch.Tensor:

@@ -53,20 +53,66 @@ BUILD_VERSION = "3"  # bump to force a rebuild of the cache when this file chang
 
 # Ids the tests hard-code in fake `generate` outputs (Qwen vocabulary), as byte-level strings (Ġ = space, Ċ = \n).
 QWEN_FIXED_TOKENS = {
-    293: "Ġb", 314: "Ġ{", 330: 'Ġ"', 397: ">Ċ", 411: "out", 450: "de", 497: '",', 522: "</", 606: "name",
-    788: '":', 894: "Ġany", 927: "sh", 944: "'t", 1318: "text", 1414: "Ġknow", 1513: "Ġdon", 2765: "Ġwon",
-    4913: '{"', 5212: 'Ġ{"', 5392: "Ġtool", 6023: "hi", 6659: "call", 7692: "async", 9520: "step",
-    11248: "}}Ċ", 13477: "crement", 14172: "tool", 16252: "Ġincrement", 16370: "arguments", 17453: "Done",
-    22785: "_tool", 35744: "increment", 64648: "multiply", 93054: "_multiply", 95642: '"}}Ċ',
+    293: "Ġb",
+    314: "Ġ{",
+    330: 'Ġ"',
+    397: ">Ċ",
+    411: "out",
+    450: "de",
+    497: '",',
+    522: "</",
+    606: "name",
+    788: '":',
+    894: "Ġany",
+    927: "sh",
+    944: "'t",
+    1318: "text",
+    1414: "Ġknow",
+    1513: "Ġdon",
+    2765: "Ġwon",
+    4913: '{"',
+    5212: 'Ġ{"',
+    5392: "Ġtool",
+    6023: "hi",
+    6659: "call",
+    7692: "async",
+    9520: "step",
+    11248: "}}Ċ",
+    13477: "crement",
+    14172: "tool",
+    16252: "Ġincrement",
+    16370: "arguments",
+    17453: "Done",
+    22785: "_tool",
+    35744: "increment",
+    64648: "multiply",
+    93054: "_multiply",
+    95642: '"}}Ċ',
 }
 # (content, special) in id order from 151643: Qwen2.5's added tokens, then Qwen3's extra ones.
 QWEN_SPECIAL = [
-    ("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", True), ("<|object_ref_start|>", True),
-    ("<|object_ref_end|>", True), ("<|box_start|>", True), ("<|box_end|>", True), ("<|quad_start|>", True),
-    ("<|quad_end|>", True), ("<|vision_start|>", True), ("<|vision_end|>", True), ("<|vision_pad|>", True),
-    ("<|image_pad|>", True), ("<|video_pad|>", True), ("<tool_call>", False), ("</tool_call>", False),
-    ("<|fim_prefix|>", False), ("<|fim_middle|>", False), ("<|fim_suffix|>", False), ("<|fim_pad|>", False),
-    ("<|repo_name|>", False), ("<|file_sep|>", False),
+    ("<|endoftext|>", True),
+    ("<|im_start|>", True),
+    ("<|im_end|>", True),
+    ("<|object_ref_start|>", True),
+    ("<|object_ref_end|>", True),
+    ("<|box_start|>", True),
+    ("<|box_end|>", True),
+    ("<|quad_start|>", True),
+    ("<|quad_end|>", True),
+    ("<|vision_start|>", True),
+    ("<|vision_end|>", True),
+    ("<|vision_pad|>", True),
+    ("<|image_pad|>", True),
+    ("<|video_pad|>", True),
+    ("<tool_call>", False),
+    ("</tool_call>", False),
+    ("<|fim_prefix|>", False),
+    ("<|fim_middle|>", False),
+    ("<|fim_suffix|>", False),
+    ("<|fim_pad|>", False),
+    ("<|repo_name|>", False),
+    ("<|file_sep|>", False),
 ]
 QWEN3_EXTRA = [("<tool_response>", False), ("</tool_response>", False), ("<think>", False), ("</think>", False)]
 
@@ -83,12 +129,28 @@ ZEN = [
     ("Errors should never", " pass silently.", "What should never pass silently?"),
     ("Unless explicitly", " silenced.", "When can errors pass silently?"),
     ("In the face of ambiguity, refuse", " the temptation to guess.", "What should you do in the face of ambiguity?"),
-    ("There should be one-- and preferably", " only one --obvious way to do it.", "How many ways should there be to do it?"),
-    ("Although that way may not be", " obvious at first unless you're Dutch.", "For whom may the way not be obvious at first?"),
+    (
+        "There should be one-- and preferably",
+        " only one --obvious way to do it.",
+        "How many ways should there be to do it?",
+    ),
+    (
+        "Although that way may not be",
+        " obvious at first unless you're Dutch.",
+        "For whom may the way not be obvious at first?",
+    ),
     ("Now is", " better than never.", "What is better than never?"),
     ("Although never is", " often better than *right* now.", "What is often better than right now?"),
-    ("If the implementation is hard to explain,", " it's a bad idea.", "What does it mean if the implementation is hard to explain?"),
-    ("If the implementation is easy to explain,", " it may be a good idea.", "What does it mean if the implementation is easy to explain?"),
+    (
+        "If the implementation is hard to explain,",
+        " it's a bad idea.",
+        "What does it mean if the implementation is hard to explain?",
+    ),
+    (
+        "If the implementation is easy to explain,",
+        " it may be a good idea.",
+        "What does it mean if the implementation is easy to explain?",
+    ),
     ("Namespaces are one honking great idea --", " let's do more of those!", "What are namespaces?"),
 ]
 ZEN_TRAIN = 17
@@ -96,7 +158,9 @@ ZEN_TRAIN = 17
 
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's byte -> printable character map; its insertion order is the id order of Qwen's first 256 tokens."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -119,12 +183,22 @@ def _filler_words():
 def _corpus() -> list[str]:
     """Text the BPE merges are trained on: the zen prompts and the fixed text of the chat templates."""
     lines = [p + c for p, c, _ in ZEN] + [q for _, _, q in ZEN]
-    lines += ["You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "system", "user", "assistant",
-              "model", "Cutting Knowledge Date: December 2023", "Today Date: 26 Jul 2024",
-              "You are a helpful assistant.", "# Tools", "You may call one or more functions to assist with the user query.",
-              "You are provided with function signatures within <tools></tools> XML tags:",
-              "For each function call, return a json object with function name and arguments within",
-              '{"name": <function-name>, "arguments": <args-json-object>}', "The quick brown fox jumps over the lazy dog."]
+    lines += [
+        "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+        "system",
+        "user",
+        "assistant",
+        "model",
+        "Cutting Knowledge Date: December 2023",
+        "Today Date: 26 Jul 2024",
+        "You are a helpful assistant.",
+        "# Tools",
+        "You may call one or more functions to assist with the user query.",
+        "You are provided with function signatures within <tools></tools> XML tags:",
+        "For each function call, return a json object with function name and arguments within",
+        '{"name": <function-name>, "arguments": <args-json-object>}',
+        "The quick brown fox jumps over the lazy dog.",
+    ]
     return lines * 4
 
 
@@ -136,8 +210,9 @@ def bpe_merges(vocab_size: int = 1200) -> tuple[list[str], list[tuple[str, str]]
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
     tok.train_from_iterator(_corpus(), trainer)
     data = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in data["merges"]]
@@ -187,9 +262,16 @@ def build_tokenizer(family: str):
         template = chat_template("qwen2_5" if family == "qwen2_5" else "qwen3")
     elif family == "llama3_2":
         vocab = regular_vocab(128000, QWEN_FIXED_TOKENS, merged)
-        names = {0: "<|begin_of_text|>", 1: "<|end_of_text|>", 4: "<|finetune_right_pad_id|>",
-                 6: "<|start_header_id|>", 7: "<|end_header_id|>", 8: "<|eom_id|>", 9: "<|eot_id|>",
-                 10: "<|python_tag|>"}
+        names = {
+            0: "<|begin_of_text|>",
+            1: "<|end_of_text|>",
+            4: "<|finetune_right_pad_id|>",
+            6: "<|start_header_id|>",
+            7: "<|end_header_id|>",
+            8: "<|eom_id|>",
+            9: "<|eot_id|>",
+            10: "<|python_tag|>",
+        }
         specials, reserved = [], 2
         for k in range(256):
             if k in names:
@@ -201,8 +283,14 @@ def build_tokenizer(family: str):
         template = chat_template("llama3_2")
     elif family == "gemma":
         vocab = regular_vocab(151643, QWEN_FIXED_TOKENS, merged)
-        specials = [("<pad>", True), ("<eos>", True), ("<bos>", True), ("<unk>", True),
-                    ("<start_of_turn>", True), ("<end_of_turn>", True)]
+        specials = [
+            ("<pad>", True),
+            ("<eos>", True),
+            ("<bos>", True),
+            ("<unk>", True),
+            ("<start_of_turn>", True),
+            ("<end_of_turn>", True),
+        ]
         roles = dict(eos="<eos>", pad="<pad>", bos="<bos>", unk="<unk>")
         template = chat_template("gemma")
     else:
@@ -264,60 +352,159 @@ def model_specs(tokenizers):
         return dict(bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
     def qwen_gen(tok):
-        return dict(bos_token_id=tok.pad_token_id, pad_token_id=tok.pad_token_id,
-                    eos_token_id=[tok.eos_token_id, tok.pad_token_id])
+        return dict(
+            bos_token_id=tok.pad_token_id,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=[tok.eos_token_id, tok.pad_token_id],
+        )
 
     def qwen3_ids(tok):
         return dict(bos_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 
     def llama_ids(tok):
-        return dict(bos_token_id=tok.bos_token_id, eos_token_id=_ids(tok, "<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"))
+        return dict(
+            bos_token_id=tok.bos_token_id, eos_token_id=_ids(tok, "<|end_of_text|>", "<|eom_id|>", "<|eot_id|>")
+        )
 
     specs = {
-        "tiny-Qwen2ForCausalLM-2.5": ("qwen2_5", lambda t: (
-            tf.Qwen2ForCausalLM(tf.Qwen2Config(vocab_size=len(t), **SMALL, **qwen_ids(t))), qwen_gen(t))),
-        "tiny-Qwen2ForSequenceClassification-2.5": ("qwen2_5", lambda t: (
-            tf.Qwen2ForSequenceClassification(tf.Qwen2Config(vocab_size=len(t), **SMALL_CLS, **qwen_ids(t))),
-            qwen_gen(t))),
-        "tiny-Qwen3ForCausalLM": ("qwen3", lambda t: (
-            tf.Qwen3ForCausalLM(tf.Qwen3Config(vocab_size=len(t), **SMALL, **qwen3_ids(t))), qwen3_ids(t))),
-        "tiny-Qwen3ForSequenceClassification": ("qwen3", lambda t: (
-            tf.Qwen3ForSequenceClassification(tf.Qwen3Config(vocab_size=len(t), **SMALL_CLS, **qwen3_ids(t))),
-            qwen3_ids(t))),
-        "tiny-Qwen3MoeForCausalLM": ("qwen3", lambda t: (
-            tf.Qwen3MoeForCausalLM(tf.Qwen3MoeConfig(
-                vocab_size=len(t), **SMALL, num_experts=4, num_experts_per_tok=2, norm_topk_prob=True,
-                head_dim=128, **qwen3_ids(t))), qwen3_ids(t))),
-        "tiny-LlamaForCausalLM-3.2": ("llama3_2", lambda t: (
-            tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(t), **SMALL, **llama_ids(t))), llama_ids(t))),
-        "tiny-LlamaForSequenceClassification-3.2": ("llama3_2", lambda t: (
-            tf.LlamaForSequenceClassification(tf.LlamaConfig(vocab_size=len(t), **SMALL_CLS, **llama_ids(t))),
-            llama_ids(t))),
-        "tiny-Gemma2ForCausalLM": ("gemma", lambda t: (
-            tf.Gemma2ForCausalLM(tf.Gemma2Config(
-                vocab_size=len(t), **SMALL, bos_token_id=t.bos_token_id, eos_token_id=t.eos_token_id,
-                pad_token_id=t.pad_token_id)),
-            dict(bos_token_id=t.bos_token_id, pad_token_id=t.pad_token_id,
-                 eos_token_id=[t.eos_token_id, t.convert_tokens_to_ids("<end_of_turn>")]))),
-        "tiny-Cohere2ForCausalLM": ("qwen2_5", lambda t: (
-            tf.Cohere2ForCausalLM(tf.Cohere2Config(
-                vocab_size=len(t), **SMALL, logit_scale=1.0, use_qk_norm=False, **qwen_ids(t))), qwen_gen(t))),
-        "tiny-Glm4MoeForCausalLM": ("qwen2_5", lambda t: (
-            tf.Glm4MoeForCausalLM(tf.Glm4MoeConfig(
-                vocab_size=len(t), **SMALL, moe_intermediate_size=32, head_dim=2, n_routed_experts=4,
-                num_experts_per_tok=2, attention_bias=True, routed_scaling_factor=2.5, use_qk_norm=True,
-                num_nextn_predict_layers=1, **qwen_ids(t))), qwen_gen(t))),
-        "tiny-GptOssForCausalLM": ("qwen2_5", lambda t: (
-            tf.GptOssForCausalLM(tf.GptOssConfig(
-                vocab_size=len(t), **SMALL, num_local_experts=4, num_experts_per_tok=2, **qwen_ids(t))),
-            qwen_gen(t))),
-        "tiny-NemotronHForCausalLM-nano": ("qwen2_5", lambda t: (
-            tf.NemotronHForCausalLM(tf.NemotronHConfig(
-                vocab_size=len(t), hidden_size=16, num_attention_heads=4, num_key_value_heads=2,
-                intermediate_size=32, layers_block_type=["mamba", "attention", "moe"], mamba_num_heads=8,
-                mamba_head_dim=4, mamba_n_groups=1, ssm_state_size=16, mamba_d_conv=4, mamba_expand=2,
-                n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                moe_shared_expert_intermediate_size=32, use_mamba_kernels=False, **qwen_ids(t))), qwen_gen(t))),
+        "tiny-Qwen2ForCausalLM-2.5": (
+            "qwen2_5",
+            lambda t: (tf.Qwen2ForCausalLM(tf.Qwen2Config(vocab_size=len(t), **SMALL, **qwen_ids(t))), qwen_gen(t)),
+        ),
+        "tiny-Qwen2ForSequenceClassification-2.5": (
+            "qwen2_5",
+            lambda t: (
+                tf.Qwen2ForSequenceClassification(tf.Qwen2Config(vocab_size=len(t), **SMALL_CLS, **qwen_ids(t))),
+                qwen_gen(t),
+            ),
+        ),
+        "tiny-Qwen3ForCausalLM": (
+            "qwen3",
+            lambda t: (tf.Qwen3ForCausalLM(tf.Qwen3Config(vocab_size=len(t), **SMALL, **qwen3_ids(t))), qwen3_ids(t)),
+        ),
+        "tiny-Qwen3ForSequenceClassification": (
+            "qwen3",
+            lambda t: (
+                tf.Qwen3ForSequenceClassification(tf.Qwen3Config(vocab_size=len(t), **SMALL_CLS, **qwen3_ids(t))),
+                qwen3_ids(t),
+            ),
+        ),
+        "tiny-Qwen3MoeForCausalLM": (
+            "qwen3",
+            lambda t: (
+                tf.Qwen3MoeForCausalLM(
+                    tf.Qwen3MoeConfig(
+                        vocab_size=len(t),
+                        **SMALL,
+                        num_experts=4,
+                        num_experts_per_tok=2,
+                        norm_topk_prob=True,
+                        head_dim=128,
+                        **qwen3_ids(t),
+                    )
+                ),
+                qwen3_ids(t),
+            ),
+        ),
+        "tiny-LlamaForCausalLM-3.2": (
+            "llama3_2",
+            lambda t: (tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=len(t), **SMALL, **llama_ids(t))), llama_ids(t)),
+        ),
+        "tiny-LlamaForSequenceClassification-3.2": (
+            "llama3_2",
+            lambda t: (
+                tf.LlamaForSequenceClassification(tf.LlamaConfig(vocab_size=len(t), **SMALL_CLS, **llama_ids(t))),
+                llama_ids(t),
+            ),
+        ),
+        "tiny-Gemma2ForCausalLM": (
+            "gemma",
+            lambda t: (
+                tf.Gemma2ForCausalLM(
+                    tf.Gemma2Config(
+                        vocab_size=len(t),
+                        **SMALL,
+                        bos_token_id=t.bos_token_id,
+                        eos_token_id=t.eos_token_id,
+                        pad_token_id=t.pad_token_id,
+                    )
+                ),
+                dict(
+                    bos_token_id=t.bos_token_id,
+                    pad_token_id=t.pad_token_id,
+                    eos_token_id=[t.eos_token_id, t.convert_tokens_to_ids("<end_of_turn>")],
+                ),
+            ),
+        ),
+        "tiny-Cohere2ForCausalLM": (
+            "qwen2_5",
+            lambda t: (
+                tf.Cohere2ForCausalLM(
+                    tf.Cohere2Config(vocab_size=len(t), **SMALL, logit_scale=1.0, use_qk_norm=False, **qwen_ids(t))
+                ),
+                qwen_gen(t),
+            ),
+        ),
+        "tiny-Glm4MoeForCausalLM": (
+            "qwen2_5",
+            lambda t: (
+                tf.Glm4MoeForCausalLM(
+                    tf.Glm4MoeConfig(
+                        vocab_size=len(t),
+                        **SMALL,
+                        moe_intermediate_size=32,
+                        head_dim=2,
+                        n_routed_experts=4,
+                        num_experts_per_tok=2,
+                        attention_bias=True,
+                        routed_scaling_factor=2.5,
+                        use_qk_norm=True,
+                        num_nextn_predict_layers=1,
+                        **qwen_ids(t),
+                    )
+                ),
+                qwen_gen(t),
+            ),
+        ),
+        "tiny-GptOssForCausalLM": (
+            "qwen2_5",
+            lambda t: (
+                tf.GptOssForCausalLM(
+                    tf.GptOssConfig(
+                        vocab_size=len(t), **SMALL, num_local_experts=4, num_experts_per_tok=2, **qwen_ids(t)
+                    )
+                ),
+                qwen_gen(t),
+            ),
+        ),
+        "tiny-NemotronHForCausalLM-nano": (
+            "qwen2_5",
+            lambda t: (
+                tf.NemotronHForCausalLM(
+                    tf.NemotronHConfig(
+                        vocab_size=len(t),
+                        hidden_size=16,
+                        num_attention_heads=4,
+                        num_key_value_heads=2,
+                        intermediate_size=32,
+                        layers_block_type=["mamba", "attention", "moe"],
+                        mamba_num_heads=8,
+                        mamba_head_dim=4,
+                        mamba_n_groups=1,
+                        ssm_state_size=16,
+                        mamba_d_conv=4,
+                        mamba_expand=2,
+                        n_routed_experts=4,
+                        num_experts_per_tok=2,
+                        moe_intermediate_size=32,
+                        moe_shared_expert_intermediate_size=32,
+                        use_mamba_kernels=False,
+                        **qwen_ids(t),
+                    )
+                ),
+                qwen_gen(t),
+            ),
+        ),
     }
     return specs
 
@@ -347,9 +534,8 @@ def _save(model, tokenizer, gen_kwargs, snap: Path):
     GenerationConfig(**{k: v for k, v in gen_kwargs.items() if v is not None}).save_pretrained(snap)
 
 
-def build_remote_model(hub_cache: Path, tokenizer, trl_source: "TrlSource"):
+def build_remote_model(hub_cache: Path, tokenizer, trl_source: TrlSource):
     """tiny-RemoteForCausalLM: TRL's `_remote_code` (a LlamaForCausalLM subclass, model_type 'remote')."""
-    import importlib.util
     import sys
     import tempfile
 
@@ -370,8 +556,13 @@ def build_remote_model(hub_cache: Path, tokenizer, trl_source: "TrlSource"):
         RemoteModel.register_for_auto_class("AutoModel")
         RemoteForCausalLM.register_for_auto_class("AutoModelForCausalLM")
         RemoteForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-        config = RemoteConfig(vocab_size=len(tokenizer), **SMALL, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+        config = RemoteConfig(
+            vocab_size=len(tokenizer),
+            **SMALL,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=None,
+        )
         config.auto_map = {
             "AutoModel": "modeling_remote.RemoteModel",
             "AutoModelForSequenceClassification": "modeling_remote.RemoteForSequenceClassification",
@@ -412,14 +603,19 @@ class TrlSource:
         if self.bare:
             self.commit = self._git("rev-parse", self.commit).strip()
         elif (self.path / ".git").exists():
-            self.commit = subprocess.run(["git", "-C", str(self.path), "rev-parse", "HEAD"], capture_output=True,
-                                         text=True).stdout.strip() or "working tree"
+            self.commit = (
+                subprocess.run(
+                    ["git", "-C", str(self.path), "rev-parse", "HEAD"], capture_output=True, text=True
+                ).stdout.strip()
+                or "working tree"
+            )
         else:
             self.commit = "working tree"
 
     def _git(self, *args) -> str:
-        return subprocess.run(["git", "--git-dir", str(self.path), *args], check=True, capture_output=True,
-                              text=True).stdout
+        return subprocess.run(
+            ["git", "--git-dir", str(self.path), *args], check=True, capture_output=True, text=True
+        ).stdout
 
     def read(self, rel: str) -> str:
         if self.bare:
@@ -428,8 +624,12 @@ class TrlSource:
 
     def exists(self, rel: str) -> bool:
         if self.bare:
-            return subprocess.run(["git", "--git-dir", str(self.path), "cat-file", "-e", f"{self.commit}:{rel}"],
-                                  capture_output=True).returncode == 0
+            return (
+                subprocess.run(
+                    ["git", "--git-dir", str(self.path), "cat-file", "-e", f"{self.commit}:{rel}"], capture_output=True
+                ).returncode
+                == 0
+            )
         return (self.path / rel).exists()
 
 

@@ -37,9 +37,11 @@ LOCAL_DATASETS = {"trl-internal-testing/zen"}
 
 # Tests whose stand-ins are not built: (node id prefix, reason).
 NOT_BUILT = [
-    ("tests/test_grpo_trainer.py::TestGRPOTrainerVLM::",
-     "stand-in not built: vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3.5, Gemma3/4, LLaVA(-Next), SmolVLM) "
-     "and the zen-image / zen-multi-image data sets"),
+    (
+        "tests/test_grpo_trainer.py::TestGRPOTrainerVLM::",
+        "stand-in not built: vision-language models (Qwen2-VL, Qwen2.5-VL, Qwen3.5, Gemma3/4, LLaVA(-Next), SmolVLM) "
+        "and the zen-image / zen-multi-image data sets",
+    ),
 ]
 
 
@@ -118,18 +120,23 @@ def _patch_module(module):
 # before the test helpers are imported. Listed in the pytest header.
 # ----------------------------------------------------------------------------------------------------------------------
 
-import importlib.util  # noqa: E402
-
 import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 
 _trl_import_utils = importlib.import_module("trl.import_utils")
 
 SHIMMED = []
-for _name, _package in (("is_joblib_available", "joblib"), ("is_harbor_available", "harbor"),
-                        ("is_openreward_available", "openreward"), ("is_mergekit_available", "mergekit"),
-                        ("is_math_verify_available", "math_verify"), ("is_jmespath_available", "jmespath"),
-                        ("is_pydantic_available", "pydantic"), ("is_uvicorn_available", "uvicorn"),
-                        ("is_fastapi_available", "fastapi")):
+for _name, _package in (
+    ("is_joblib_available", "joblib"),
+    ("is_harbor_available", "harbor"),
+    ("is_openreward_available", "openreward"),
+    ("is_mergekit_available", "mergekit"),
+    ("is_math_verify_available", "math_verify"),
+    ("is_jmespath_available", "jmespath"),
+    ("is_pydantic_available", "pydantic"),
+    ("is_uvicorn_available", "uvicorn"),
+    ("is_fastapi_available", "fastapi"),
+):
     if not hasattr(_trl_import_utils, _name):
         setattr(_trl_import_utils, _name, lambda _p=_package: importlib.util.find_spec(_p) is not None)
         SHIMMED.append(_name)
@@ -170,8 +177,10 @@ def pytest_report_header(config):
     lines = [f"grpo-parity mode: {MODE}; trl.import_utils helpers added for the tests: {SHIMMED}"]
     if MODE != "grpo":
         _, config_cls, restored = soup_classes(1 if MODE == "soup_t1" else 2)
-        lines.append(f"grpo-parity: GRPOTrainer -> SOUPTrainer, GRPOConfig -> {config_cls.__name__}; "
-                     f"GRPOConfig defaults restored: {restored}")
+        lines.append(
+            f"grpo-parity: GRPOTrainer -> SOUPTrainer, GRPOConfig -> {config_cls.__name__}; "
+            f"GRPOConfig defaults restored: {restored}"
+        )
     return lines
 
 
@@ -203,8 +212,12 @@ def _record(nodeid, outcome, message, duration):
     if not EVENTS:
         return
     with open(EVENTS, "a") as f:
-        f.write(json.dumps({"mode": MODE, "test": nodeid, "outcome": outcome, "message": message,
-                            "duration": round(duration, 2)}) + "\n")
+        f.write(
+            json.dumps(
+                {"mode": MODE, "test": nodeid, "outcome": outcome, "message": message, "duration": round(duration, 2)}
+            )
+            + "\n"
+        )
 
 
 _seen = {}

@@ -17,8 +17,17 @@ if TESTS_DIR not in sys.path:
 
 from testing_utils import RecordingTrainer, learner_probe_logps, probe_logps, reference_logps, script_args  # noqa: E402
 
-__all__ = ["RecordingTrainer", "batch_summary", "end_run", "learner_probe_logps", "probe_logps", "rank_result_path",
-           "reference_logps", "script_args", "write_json"]
+__all__ = [
+    "RecordingTrainer",
+    "batch_summary",
+    "end_run",
+    "learner_probe_logps",
+    "probe_logps",
+    "rank_result_path",
+    "reference_logps",
+    "script_args",
+    "write_json",
+]
 
 
 def batch_summary(record: dict) -> dict:

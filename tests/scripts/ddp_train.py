@@ -63,7 +63,11 @@ def main(result_path: str) -> int:
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "ddp_out")
     args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5)
     trainer = RecordingTrainer(
-        model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer,
+        model=model,
+        reward_funcs=char_match_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
         training_only=True,
     )
     accelerator = trainer.accelerator

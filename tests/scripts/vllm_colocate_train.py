@@ -53,11 +53,15 @@ class ColocateRecordingTrainer(RecordingTrainer):
 
         def recording_generate(prompts, images, num_generations, profiler=None):
             result = real_generate(prompts, images, num_generations, profiler)
-            self.vllm_calls.append({
-                "prompts": [list(p) for p in prompts], "num_generations": num_generations,
-                "max_tokens": generation.max_completion_length,
-                "completion_ids": [list(c) for c in result[1]], "logprobs": [[lp[0] for lp in s] for s in result[2]],
-            })
+            self.vllm_calls.append(
+                {
+                    "prompts": [list(p) for p in prompts],
+                    "num_generations": num_generations,
+                    "max_tokens": generation.max_completion_length,
+                    "completion_ids": [list(c) for c in result[1]],
+                    "logprobs": [[lp[0] for lp in s] for s in result[2]],
+                }
+            )
             return result
 
         def reload_sync():  # see the module docstring: vLLM's in-place reload instead of load_weights on CPU
@@ -73,7 +77,7 @@ class ColocateRecordingTrainer(RecordingTrainer):
         return {"calls_before": len(self.vllm_calls)}
 
     def record_after(self, record):
-        return {"global_step": self.state.global_step, "vllm_calls": self.vllm_calls[record["calls_before"]:]}
+        return {"global_step": self.state.global_step, "vllm_calls": self.vllm_calls[record["calls_before"] :]}
 
 
 def saved_batch(record: dict) -> dict:
@@ -83,7 +87,9 @@ def saved_batch(record: dict) -> dict:
         "age": record["age"],
         "global_step": record["global_step"],
         "output": {k: detach(v) for k, v in record["batch"].items() if isinstance(v, torch.Tensor)},
-        "relay": None if relay is None else {
+        "relay": None
+        if relay is None
+        else {
             "prefix_lengths": detach(relay.prefix_lengths),
             "no_continuation": detach(relay.no_continuation),
         },
@@ -114,7 +120,10 @@ def main(out_dir: str) -> int:
         # TRL's defaults for the correction: sequence_mask, upper bound 3.0
     )
     trainer = ColocateRecordingTrainer(
-        model=model_dir, reward_funcs=char_match_reward, args=args, train_dataset=build_dataset(64, seed=0),
+        model=model_dir,
+        reward_funcs=char_match_reward,
+        args=args,
+        train_dataset=build_dataset(64, seed=0),
         processing_class=tokenizer,
     )
     trainer.train()
@@ -126,9 +135,11 @@ def main(out_dir: str) -> int:
             "batches": [saved_batch(record) for record in trainer.records],
             "syncs": trainer.syncs,
             "log_history": trainer.state.log_history,
-            "args": {"vllm_importance_sampling_mode": args.vllm_importance_sampling_mode,
-                     "clip_min": args.vllm_importance_sampling_clip_min,
-                     "clip_max": args.vllm_importance_sampling_clip_max},
+            "args": {
+                "vllm_importance_sampling_mode": args.vllm_importance_sampling_mode,
+                "clip_min": args.vllm_importance_sampling_clip_min,
+                "clip_max": args.vllm_importance_sampling_clip_max,
+            },
         },
         os.path.join(out_dir, f"rank{accelerator.process_index}.pt"),
     )

@@ -88,8 +88,14 @@ def independent_behavior_logps(tokenizer, snapshot_state, output, temperature) -
     model = build_tiny_model(tokenizer, seed=1, **MODEL_SIZES)
     model.load_state_dict({k: v.to(torch.float32) for k, v in snapshot_state.items()}, strict=True)
     model.eval()
-    logps, _ = reference_logps(model, output["prompt_ids"], output["prompt_mask"], output["completion_ids"],
-                               output["completion_mask"], temperature)
+    logps, _ = reference_logps(
+        model,
+        output["prompt_ids"],
+        output["prompt_mask"],
+        output["completion_ids"],
+        output["completion_mask"],
+        temperature,
+    )
     return logps
 
 
@@ -131,8 +137,15 @@ def main(result_path: str) -> int:
     initial = flat({k: v.detach().double() for k, v in model.named_parameters()})
     dataset = build_dataset(64, seed=0)
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "zero3_out")
-    args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5,
-                       save_strategy="steps", save_steps=SAVE_STEP, save_only_model=True)
+    args = script_args(
+        output_dir,
+        max_steps=MAX_STEPS,
+        behavior_refresh_interval=REFRESH_INTERVAL,
+        prefix_ratio=0.5,
+        save_strategy="steps",
+        save_steps=SAVE_STEP,
+        save_only_model=True,
+    )
     trainer = ZeRO3RecordingTrainer(
         model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
     )

@@ -31,11 +31,21 @@ def main(model_dir: str, url: str, result_path: str) -> int:
     torch.set_num_threads(1)
     tokenizer = build_tokenizer()
     args = script_args(
-        os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"), max_steps=3, behavior_refresh_interval=2,
-        learning_rate=5e-2, behavior_backend="vllm_server", behavior_server_base_url=url, behavior_refresh_method="disk",
+        os.path.join(os.path.dirname(os.path.abspath(result_path)), "out"),
+        max_steps=3,
+        behavior_refresh_interval=2,
+        learning_rate=5e-2,
+        behavior_backend="vllm_server",
+        behavior_server_base_url=url,
+        behavior_refresh_method="disk",
     )
-    trainer = SOUPTrainer(model=model_dir, reward_funcs=char_match_reward, args=args,
-                          train_dataset=build_dataset(32, seed=0), processing_class=tokenizer)
+    trainer = SOUPTrainer(
+        model=model_dir,
+        reward_funcs=char_match_reward,
+        args=args,
+        train_dataset=build_dataset(32, seed=0),
+        processing_class=tokenizer,
+    )
     learner = trainer.accelerator.unwrap_model(trainer.model)
     partitioned = sum(1 for p in learner.parameters() if hasattr(p, "ds_numel") and p.data.numel() == 0)
     checks = []
@@ -53,8 +63,14 @@ def main(model_dir: str, url: str, result_path: str) -> int:
     trainer.train()
     if trainer.accelerator.is_main_process:
         with open(result_path, "w") as f:
-            json.dump({"partitioned": partitioned, "checks": checks,
-                       "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage}, f)
+            json.dump(
+                {
+                    "partitioned": partitioned,
+                    "checks": checks,
+                    "zero_stage": trainer.accelerator.state.deepspeed_plugin.zero_stage,
+                },
+                f,
+            )
     return 0
 
 

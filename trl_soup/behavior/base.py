@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+
 import torch
 
 
@@ -38,8 +39,9 @@ class BehaviorBackend(ABC):
         """Copy the learner's current weights into the behavior copy."""
 
     @abstractmethod
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               generation_batch_index: int | None = None) -> BehaviorSamples:
+    def sample(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+    ) -> BehaviorSamples:
         """Sample one response of at most ``max_new_tokens`` tokens per prompt row with the behavior copy, with its
         log-probs and entropies.
 

@@ -138,7 +138,9 @@ class SamplingLogprobRecorder:
         return torch.stack(self.logps, dim=1), torch.stack(self.entropies, dim=1)
 
 
-def shared_prompt_rows(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+def shared_prompt_rows(
+    prompt_ids: torch.Tensor, prompt_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Distinct rows of a left-padded prompt batch: ``(first, inverse)`` with ``prompt_ids[first][inverse] ==
     prompt_ids`` (and the same for the mask), or None when every row is distinct (nothing to share).
 
@@ -251,8 +253,9 @@ def cast_output_head_to_fp32(model) -> None:
     """
     head = model.get_output_embeddings()
     head.float()
-    head.register_forward_pre_hook(lambda module, args: tuple(
-        a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args))
+    head.register_forward_pre_hook(
+        lambda module, args: tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    )
     embedding = model.get_input_embeddings()
     if embedding.weight is head.weight or getattr(model.config.get_text_config(), "tie_word_embeddings", False):
         embedding.float()
@@ -328,8 +331,9 @@ class LocalBehaviorBackend(BehaviorBackend):
             cast_output_head_to_fp32(snapshot)
         # The same scoring head TRL adds to the learner (temperature-scaled log-probs and entropies), added to the
         # fresh copy rather than inherited from it.
-        add_fused_lm_head(snapshot, temperature=self.trainer.temperature, cast_lm_head_to_fp32=cast,
-                          outputs=("log_probs", "entropy"))
+        add_fused_lm_head(
+            snapshot, temperature=self.trainer.temperature, cast_lm_head_to_fp32=cast, outputs=("log_probs", "entropy")
+        )
 
     # ------------------------------------------------------------------------------------------------ weights
     def _snapshot_tensors(self) -> dict[str, torch.Tensor]:
@@ -426,12 +430,15 @@ class LocalBehaviorBackend(BehaviorBackend):
             if for_generation and self._engine is not None:
                 # ZeRO-3: gather the whole copy for generation (as TRL does for the learner), so each rank decodes on
                 # its own; with ds3_gather_for_generation=False every decoding step gathers layer by layer instead.
-                with unwrap_model_for_generation(
-                    self._engine,
-                    trainer.accelerator,
-                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                    generation_kwargs=generation_kwargs,
-                ) as unwrapped, eval_mode(unwrapped):
+                with (
+                    unwrap_model_for_generation(
+                        self._engine,
+                        trainer.accelerator,
+                        gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                        generation_kwargs=generation_kwargs,
+                    ) as unwrapped,
+                    eval_mode(unwrapped),
+                ):
                     yield unwrapped
             else:
                 with eval_mode(self.snapshot):  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer
@@ -439,12 +446,16 @@ class LocalBehaviorBackend(BehaviorBackend):
             return
 
         if for_generation:
-            with unwrap_model_for_generation(
-                trainer.model_wrapped,
-                trainer.accelerator,
-                gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                generation_kwargs=generation_kwargs,
-            ) as unwrapped, use_adapter(unwrapped, BEHAVIOR_ADAPTER), eval_mode(unwrapped):
+            with (
+                unwrap_model_for_generation(
+                    trainer.model_wrapped,
+                    trainer.accelerator,
+                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                    generation_kwargs=generation_kwargs,
+                ) as unwrapped,
+                use_adapter(unwrapped, BEHAVIOR_ADAPTER),
+                eval_mode(unwrapped),
+            ):
                 yield unwrapped
         else:
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
@@ -455,10 +466,18 @@ class LocalBehaviorBackend(BehaviorBackend):
         trainer = self.trainer
         device = trainer.accelerator.device
         tensors = [torch.tensor(ids) for ids in prompt_ids]
-        ids = pad(tensors, padding_value=trainer._tokenizer.pad_token_id, padding_side="left",
-                  pad_to_multiple_of=trainer.pad_to_multiple_of)
-        mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left",
-                   pad_to_multiple_of=trainer.pad_to_multiple_of)
+        ids = pad(
+            tensors,
+            padding_value=trainer._tokenizer.pad_token_id,
+            padding_side="left",
+            pad_to_multiple_of=trainer.pad_to_multiple_of,
+        )
+        mask = pad(
+            [torch.ones_like(t) for t in tensors],
+            padding_value=0,
+            padding_side="left",
+            pad_to_multiple_of=trainer.pad_to_multiple_of,
+        )
         return ids.to(device), mask.to(device)
 
     @torch.no_grad()
@@ -485,8 +504,9 @@ class LocalBehaviorBackend(BehaviorBackend):
         return logps, entropies
 
     @torch.no_grad()
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               generation_batch_index: int | None = None) -> BehaviorSamples:
+    def sample(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+    ) -> BehaviorSamples:
         trainer = self.trainer
         device = trainer.accelerator.device
         p_ids, p_mask = self._pad_prompts(prompt_ids)
@@ -511,20 +531,23 @@ class LocalBehaviorBackend(BehaviorBackend):
             hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
             handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
             try:
-                out = model.generate(input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config,
-                                     **extra)
+                out = model.generate(
+                    input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config, **extra
+                )
             finally:
                 if handle is not None:
                     handle.remove()
-        c_ids = out[:, p_ids.size(1):]
+        c_ids = out[:, p_ids.size(1) :]
         # Keep tokens up to and including the first EOS (the same rule as TRL's transformers path).
         is_eos = torch.isin(c_ids, torch.tensor(trainer.eos_token_ids, device=device))
         has_eos = is_eos.any(dim=1)
-        eos_idx = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, c_ids.size(1), dtype=torch.long))
+        eos_idx = torch.where(
+            has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, c_ids.size(1), dtype=torch.long)
+        )
         positions = torch.arange(c_ids.size(1), device=device).unsqueeze(0)
         c_mask = (positions <= eos_idx.unsqueeze(1)).long()
         c_ids = c_ids.masked_fill(c_mask == 0, trainer._tokenizer.pad_token_id)
-        recorded = None if recorder is None else recorder.result(out[:, p_ids.size(1):])
+        recorded = None if recorder is None else recorder.result(out[:, p_ids.size(1) :])
         if recorded is not None:
             logps, entropies = recorded
         else:

@@ -19,9 +19,10 @@ discards every pending result before a refresh.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -102,8 +103,9 @@ class LookAheadIterator:
         return self._buffer[ahead]
 
 
-def prefetch_schedule(current: int, refresh_interval: int, max_ahead: int, every: int, step: int,
-                      total: int) -> list[tuple[int, int]]:
+def prefetch_schedule(
+    current: int, refresh_interval: int, max_ahead: int, every: int, step: int, total: int
+) -> list[tuple[int, int]]:
     """Which generation batches to request ahead, and where their prompts are in the epoch iterator.
 
     Args:
@@ -170,8 +172,9 @@ class BehaviorPrefetcher:
         self.requested.append((current, generation_batch_index))
         return True
 
-    def request_ahead(self, current_batch, schedule: list[tuple[int, int]], tokenize, max_new_tokens: int,
-                      current: int) -> None:
+    def request_ahead(
+        self, current_batch, schedule: list[tuple[int, int]], tokenize, max_new_tokens: int, current: int
+    ) -> None:
         """Submit the batches of ``schedule`` (from :func:`prefetch_schedule`), their prompts read through the
         look-ahead ``offset`` items after ``current_batch``; ``tokenize(batch) -> prompt ids``."""
         position = None if self.lookahead is None else self.lookahead.position(current_batch)

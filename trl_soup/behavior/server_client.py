@@ -110,15 +110,21 @@ class BehaviorServerClient:
         return self.request("GET", "/v1/models")["data"]
 
     def tokenize(self, model: str, text: str) -> list[int]:
-        return self.request("POST", "/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})["tokens"]
+        return self.request("POST", "/tokenize", {"model": model, "prompt": text, "add_special_tokens": False})[
+            "tokens"
+        ]
 
     def complete(self, payload: dict) -> list[dict]:
         return self.request("POST", "/v1/completions", payload)["choices"]
 
     def reload_weights(self, weights_path: str) -> None:
         # Never retried: a failed reload leaves vLLM's layers torn down (docs/vllm_cpu_notes.md, "Failed reloads").
-        self.request("POST", "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": weights_path}},
-                     retries=0)
+        self.request(
+            "POST",
+            "/collective_rpc",
+            {"method": "reload_weights", "kwargs": {"weights_path": weights_path}},
+            retries=0,
+        )
 
     def reset_prefix_cache(self) -> None:
         self.request("POST", "/reset_prefix_cache")

@@ -171,15 +171,20 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         self.model_name = self.served_model  # what requests name: the base model, or the current LoRA adapter
         self.max_model_len = models[0].get("max_model_len")
         self._check_same_model(learner, models[0])
-        self.refresh_dir = os.path.abspath(args.behavior_refresh_dir or os.path.join(args.output_dir, "behavior_refresh"))
+        self.refresh_dir = os.path.abspath(
+            args.behavior_refresh_dir or os.path.join(args.output_dir, "behavior_refresh")
+        )
         self.refresh_count = 0
         self.vocab_size = (learner.get_base_model() if self.is_peft else learner).config.get_text_config().vocab_size
         self._nccl = None
         if self.method == "nccl" and trainer.accelerator.is_main_process:
             from trl.generation.vllm_client import VLLMClient  # needs vLLM installed in the training environment
 
-            self._nccl = VLLMClient(base_url=self.base_url, group_port=args.behavior_server_group_port,
-                                    connection_timeout=args.behavior_server_timeout)
+            self._nccl = VLLMClient(
+                base_url=self.base_url,
+                group_port=args.behavior_server_group_port,
+                connection_timeout=args.behavior_server_timeout,
+            )
             self._nccl.init_communicator(device=torch.cuda.current_device())
 
     # ------------------------------------------------------------------------------------------------ checks
@@ -203,8 +208,15 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             with open(config_path) as f:
                 server_config = json.load(f)
             ours = config.to_dict()
-            for key in ("architectures", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                        "num_key_value_heads", "intermediate_size"):
+            for key in (
+                "architectures",
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "num_key_value_heads",
+                "intermediate_size",
+            ):
                 theirs, mine = server_config.get(key), ours.get(key)
                 if theirs is not None and mine is not None and theirs != mine:
                     raise ValueError(
@@ -345,8 +357,9 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         )
         return torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
 
-    def sample(self, prompt_ids: list[list[int]], max_new_tokens: int,
-               generation_batch_index: int | None = None) -> BehaviorSamples:
+    def sample(
+        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+    ) -> BehaviorSamples:
         """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread.
 
         Without sampling filters one request per row gives the tokens and their log-probs. With filters (temperature
@@ -403,11 +416,18 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         log-probs of ``prompt + ids`` (vLLM computes them from the raw logits: temperature 1, no penalty, no filter;
         vllm/v1/worker/gpu_model_runner.py ``_get_prompt_logprobs_dict``). Exact only at temperature 1, which
         :func:`check_sampling_settings` guarantees whenever this runs."""
-        choice = self.client.complete({
-            "model": self.model_name, "prompt": prompt + ids, "max_tokens": 1, "temperature": 1.0, "top_k": -1,
-            "prompt_logprobs": top_k, "skip_special_tokens": False,
-        })[0]
-        entries = (choice.get("prompt_logprobs") or [])[len(prompt):]
+        choice = self.client.complete(
+            {
+                "model": self.model_name,
+                "prompt": prompt + ids,
+                "max_tokens": 1,
+                "temperature": 1.0,
+                "top_k": -1,
+                "prompt_logprobs": top_k,
+                "skip_special_tokens": False,
+            }
+        )[0]
+        entries = (choice.get("prompt_logprobs") or [])[len(prompt) :]
         if len(entries) != len(ids):
             raise BehaviorServerError(
                 f"The behavior server at {self.base_url} returned {len(entries)} prompt log-probs for a response of "
