@@ -4,7 +4,6 @@ wrapper over `trl_soup.cli.evaluate`, which the installed command `trl-soup eval
     python recipes/evaluate.py --model_name_or_path outputs/soup/checkpoint-500 --num_samples 32
 """
 
-
 from trl_soup.cli.evaluate import cli_main
 
 if __name__ == "__main__":

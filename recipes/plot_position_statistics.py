@@ -5,7 +5,6 @@ runs too.
     python recipes/plot_position_statistics.py RUN/trainer_state.json --output fig5.png
 """
 
-
 # BINS and position_curves: for code that loads this file (tests/test_plot_position.py)
 from trl_soup.cli.plot_positions import BINS, cli_main, position_curves  # noqa: F401
 

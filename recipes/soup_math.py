@@ -6,7 +6,6 @@
         --config qwen2.5-math-7b_dapo-math-17k_soup
 """
 
-
 from trl_soup.cli.train import *  # noqa: F403 (the recipe's names, for code that loads this file)
 from trl_soup.cli.train import cli_main
 

@@ -4,7 +4,6 @@ wrapper over `trl_soup.cli.toy`, which `bash scripts/demo.sh` and the installed 
     python recipes/soup_toy.py [--compare_grpo] [--any_soup_config_field value ...]
 """
 
-
 from trl_soup.cli.toy import *  # noqa: F403 (the recipe's names, for code that loads this file)
 from trl_soup.cli.toy import cli_main
 

@@ -51,9 +51,16 @@ def sample_correctness(model, tokenizer, dataset, num_samples, max_new_tokens, s
         torch.manual_seed(seed)
         for prompt, answer in zip(dataset["prompt"], dataset["answer"], strict=True):
             ids = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
-            out = model.generate(**ids, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                                 num_return_sequences=num_samples, max_new_tokens=max_new_tokens)
-            texts = tokenizer.batch_decode(out[:, ids["input_ids"].size(1):], skip_special_tokens=True)
+            out = model.generate(
+                **ids,
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                num_return_sequences=num_samples,
+                max_new_tokens=max_new_tokens,
+            )
+            texts = tokenizer.batch_decode(out[:, ids["input_ids"].size(1) :], skip_special_tokens=True)
             correctness.append([text == answer for text in texts])
     model.train()
     return correctness
@@ -69,17 +76,26 @@ def train_one(setting, seed, max_steps, output_dir):
         reward_weights=[1.0, 0.0],  # exact match is logged, not trained on
         **SETTINGS[setting],
     )
-    trainer = SOUPTrainer(model=model, reward_funcs=[toy.char_match_reward, toy.exact_match_reward], args=args,
-                          train_dataset=toy.build_dataset(toy.TOY_NUM_PROMPTS, seed=seed), processing_class=tokenizer)
+    trainer = SOUPTrainer(
+        model=model,
+        reward_funcs=[toy.char_match_reward, toy.exact_match_reward],
+        args=args,
+        train_dataset=toy.build_dataset(toy.TOY_NUM_PROMPTS, seed=seed),
+        processing_class=tokenizer,
+    )
     trainer.remove_callback(PrinterCallback)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "reward" in h]
-    return trainer.model, tokenizer, {
-        "reward": [h["reward"] for h in logs],
-        "exact_match": [h["rewards/exact_match_reward/mean"] for h in logs],
-        "prefix_fraction": [h.get("soup/prefix_fraction", 0.0) for h in logs],
-        "position": position_curves(logs),
-    }
+    return (
+        trainer.model,
+        tokenizer,
+        {
+            "reward": [h["reward"] for h in logs],
+            "exact_match": [h["rewards/exact_match_reward/mean"] for h in logs],
+            "prefix_fraction": [h.get("soup/prefix_fraction", 0.0) for h in logs],
+            "position": position_curves(logs),
+        },
+    )
 
 
 def mean_curve(curves):
@@ -150,14 +166,22 @@ def main():
 
     eval_set = toy.build_dataset(args.eval_prompts, seed=EVAL_SEED)
     max_new_tokens = toy.TOY_TRAINING_DEFAULTS["max_completion_length"]
-    results = {"seeds": args.seeds, "max_steps": args.max_steps, "eval_prompts": args.eval_prompts,
-               "eval_samples": args.eval_samples, "settings": {}, "pass_at_k": {}, "avg_at_n": {},
-               "correct_counts": {}}
+    results = {
+        "seeds": args.seeds,
+        "max_steps": args.max_steps,
+        "eval_prompts": args.eval_prompts,
+        "eval_samples": args.eval_samples,
+        "settings": {},
+        "pass_at_k": {},
+        "avg_at_n": {},
+        "correct_counts": {},
+    }
     correctness = {"start": []}
     for seed in args.seeds:
         model, tokenizer = toy.build_toy_policy(seed=seed)
-        correctness["start"] += sample_correctness(model, tokenizer, eval_set, args.eval_samples, max_new_tokens,
-                                                   EVAL_SEED)
+        correctness["start"] += sample_correctness(
+            model, tokenizer, eval_set, args.eval_samples, max_new_tokens, EVAL_SEED
+        )
     for name in args.settings:
         runs, correctness[name] = [], []
         for seed in args.seeds:
@@ -165,15 +189,19 @@ def main():
             model, tokenizer, run = train_one(name, seed, args.max_steps, args.output_dir)
             run["seconds"] = time.perf_counter() - start
             run["seed"] = seed
-            run_correctness = sample_correctness(model, tokenizer, eval_set, args.eval_samples, max_new_tokens,
-                                                 EVAL_SEED)
+            run_correctness = sample_correctness(
+                model, tokenizer, eval_set, args.eval_samples, max_new_tokens, EVAL_SEED
+            )
             run["avg_at_n"] = correctness_summary(run_correctness, ks=[1])["avg@n"]
             correctness[name] += run_correctness
             runs.append(run)
             k = min(5, len(run["reward"]))
-            print(f"{name:>14} seed {seed}: reward {sum(run['reward'][:k]) / k:.3f} -> "
-                  f"{sum(run['reward'][-k:]) / k:.3f}, held-out avg@{args.eval_samples} {run['avg_at_n']:.3f}, "
-                  f"{run['seconds']:.0f} s", flush=True)
+            print(
+                f"{name:>14} seed {seed}: reward {sum(run['reward'][:k]) / k:.3f} -> "
+                f"{sum(run['reward'][-k:]) / k:.3f}, held-out avg@{args.eval_samples} {run['avg_at_n']:.3f}, "
+                f"{run['seconds']:.0f} s",
+                flush=True,
+            )
         results["settings"][name] = {"config": SETTINGS[name], "runs": runs}
     for name, rows in correctness.items():  # pass@k pooled over seeds: one row per (seed, prompt)
         summary = correctness_summary(rows)
@@ -185,8 +213,10 @@ def main():
         json.dump(results, f, indent=1)
     plot(results, figures_dir)
 
-    print(f"\n{'setting':>14} {'reward first5':>13} {'last5':>6} {'exact last5':>11} {'pass@1':>7} {'pass@4':>7} "
-          f"{'pass@' + str(args.eval_samples):>8} {'H first10%':>10} {'H last10%':>9}")
+    print(
+        f"\n{'setting':>14} {'reward first5':>13} {'last5':>6} {'exact last5':>11} {'pass@1':>7} {'pass@4':>7} "
+        f"{'pass@' + str(args.eval_samples):>8} {'H first10%':>10} {'H last10%':>9}"
+    )
     for name in ["start", *args.settings]:
         curve = results["pass_at_k"][name]
         row = f"{name:>14} "

@@ -21,11 +21,19 @@ from trl_soup.cli import packaged
 ROOT = Path(__file__).resolve().parents[1]
 _ENTRY = shutil.which("trl-soup", path=str(Path(sys.executable).parent))
 CLI = [_ENTRY] if _ENTRY else [sys.executable, "-m", "trl_soup.cli"]
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-       "TRANSFORMERS_VERBOSITY": "error"}
-SUMMARY = re.compile(r"^\[SOUP\] reward \d\.\d{3} \(first \d+ steps\) -> \d\.\d{3} \(last \d+\), exact match "
-                     r"\d\.\d{2} -> \d\.\d{2}, \d+ steps in \d+ s; \d+ relay batches, behavior wrote \d+% of their "
-                     r"tokens$", re.MULTILINE)
+ENV = {
+    **os.environ,
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+SUMMARY = re.compile(
+    r"^\[SOUP\] reward \d\.\d{3} \(first \d+ steps\) -> \d\.\d{3} \(last \d+\), exact match "
+    r"\d\.\d{2} -> \d\.\d{2}, \d+ steps in \d+ s; \d+ relay batches, behavior wrote \d+% of their "
+    r"tokens$",
+    re.MULTILINE,
+)
 
 
 def run_cli(*args, cwd=None, timeout=600):
@@ -60,9 +68,11 @@ def test_no_command_prints_the_commands():
 def test_packaged_configs_are_the_recipes_configs():
     assert packaged.config_names("training") == sorted(p.stem for p in (ROOT / "recipes" / "configs").glob("*.yaml"))
     assert packaged.config_names("accelerate") == sorted(
-        p.stem for p in (ROOT / "recipes" / "accelerate_configs").glob("*.yaml"))
+        p.stem for p in (ROOT / "recipes" / "accelerate_configs").glob("*.yaml")
+    )
     assert {"qwen2.5-math-7b_dapo-math-17k_soup", "r1-distill-qwen-1.5b_openr1-math-46k_dapo"} <= set(
-        packaged.config_names("training"))
+        packaged.config_names("training")
+    )
     assert {"single_gpu", "ddp", "zero2", "zero3", "cpu_ddp", "cpu_zero3"} == set(packaged.config_names("accelerate"))
 
 
@@ -72,8 +82,11 @@ def test_config_names_resolve_and_unknown_names_are_listed(tmp_path):
     local = tmp_path / "mine.yaml"
     local.write_text("trainer: soup\n")
     assert packaged.resolve_config(str(local), "training") == str(local)  # a file is used as it is
-    with pytest.raises(ValueError, match=r"--config 'qwen' is neither a file nor a packaged training config.*"
-                                         r"qwen2.5-math-7b_dapo-math-17k_soup"):
+    with pytest.raises(
+        ValueError,
+        match=r"--config 'qwen' is neither a file nor a packaged training config.*"
+        r"qwen2.5-math-7b_dapo-math-17k_soup",
+    ):
         packaged.resolve_config("qwen", "training")
     with pytest.raises(ValueError, match="--accelerate_config 'zero4'.*zero3"):
         packaged.resolve_config("zero4", "accelerate")
@@ -99,8 +112,9 @@ def test_train_reads_a_packaged_config_by_name():
     from trl_soup import SOUPConfig
     from trl_soup.cli import train
 
-    argv = packaged.resolve_config_argument(["--config", "qwen2.5-math-7b_dapo-math-17k_soup", "--max_steps", "3",
-                                             "--use_cpu"])  # the YAML asks for bf16, refused on a CPU-only host
+    argv = packaged.resolve_config_argument(
+        ["--config", "qwen2.5-math-7b_dapo-math-17k_soup", "--max_steps", "3", "--use_cpu"]
+    )  # the YAML asks for bf16, refused on a CPU-only host
     script_args, args, model_args = train.make_parser(train.choose_trainer(argv)).parse_args_and_config(argv)
     assert type(args) is SOUPConfig and script_args.trainer == "soup"
     assert (args.prefix_ratio, args.behavior_refresh_interval, args.max_steps) == (0.5, 8, 3)
@@ -117,8 +131,19 @@ def test_train_accelerate_config_becomes_an_accelerate_launch_command():
     config = packaged.resolve_config("r1-distill-qwen-1.5b_openr1-math-46k_soup", "training")
     argv = ["--config", config, "--num_processes", "2", "--max_steps", "3", "--use_cpu"]
     launch = train.accelerate_launch_arguments(train.make_parser("soup"), argv, "cpu_ddp")
-    assert launch == ["--config_file", packaged.resolve_config("cpu_ddp", "accelerate"), "--num_processes", "2",
-                      "--module", "trl_soup.cli.train", "--config", config, "--max_steps", "3", "--use_cpu"]
+    assert launch == [
+        "--config_file",
+        packaged.resolve_config("cpu_ddp", "accelerate"),
+        "--num_processes",
+        "2",
+        "--module",
+        "trl_soup.cli.train",
+        "--config",
+        config,
+        "--max_steps",
+        "3",
+        "--use_cpu",
+    ]
     parsed = launch_command_parser().parse_args(launch)
     assert parsed.module and parsed.training_script == "trl_soup.cli.train" and parsed.num_processes == 2
     assert parsed.training_script_args == ["--config", config, "--max_steps", "3", "--use_cpu"]
@@ -136,8 +161,9 @@ def test_train_runs_in_process_on_local_data(tmp_path):
     tokenizer = build_tokenizer()
     build_tiny_model(tokenizer, seed=0).save_pretrained(tmp_path / "model")
     tokenizer.save_pretrained(tmp_path / "model")
-    (tmp_path / "data.jsonl").write_text("".join(
-        json.dumps({"problem": f"What is {i}+2?", "answer": str(i + 2)}) + "\n" for i in range(8)))
+    (tmp_path / "data.jsonl").write_text(
+        "".join(json.dumps({"problem": f"What is {i}+2?", "answer": str(i + 2)}) + "\n" for i in range(8))
+    )
     done = run_cli(
         "train", "--model_name_or_path", tmp_path / "model", "--dataset_name", tmp_path / "data.jsonl",
         "--output_dir", tmp_path / "out", "--max_steps", "2", "--per_device_train_batch_size", "8",
@@ -155,8 +181,18 @@ def test_train_runs_in_process_on_local_data(tmp_path):
 # -------------------------------------------------------------------------------------------------------------- toy
 @pytest.mark.slow
 def test_toy_prints_the_summary_line(tmp_path):
-    done = run_cli("toy", "--max_steps", "4", "--behavior_refresh_interval", "2", "--num_prompts", "32",
-                   "--output_dir", tmp_path / "out", cwd=tmp_path)
+    done = run_cli(
+        "toy",
+        "--max_steps",
+        "4",
+        "--behavior_refresh_interval",
+        "2",
+        "--num_prompts",
+        "32",
+        "--output_dir",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert SUMMARY.search(done.stdout), done.stdout[-2000:]
     assert "4 steps in" in done.stdout and "2 relay batches" in done.stdout
@@ -183,9 +219,13 @@ def test_plot_refuses_other_files_and_empty_step_ranges(tmp_path, capsys):
     logged = _state(tmp_path / "logged.json", [{"step": 1, **bins}])
     not_a_state = tmp_path / "config.json"
     not_a_state.write_text(json.dumps({"model_type": "qwen2"}))
-    cases = [([str(not_a_state)], "no 'log_history' list"), ([str(tmp_path / "missing.json")], "cannot read it"),
-             ([str(logged), "--steps", "5:"], "no position statistics .* in steps 5:"),
-             ([str(logged), "--steps", "5"], "expected A:B"), ([str(logged), "--labels", "a", "b"], "2 labels for 1")]
+    cases = [
+        ([str(not_a_state)], "no 'log_history' list"),
+        ([str(tmp_path / "missing.json")], "cannot read it"),
+        ([str(logged), "--steps", "5:"], "no position statistics .* in steps 5:"),
+        ([str(logged), "--steps", "5"], "expected A:B"),
+        ([str(logged), "--labels", "a", "b"], "2 labels for 1"),
+    ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exit_info:
             cli_main([*argv, "--output", str(tmp_path / "fig.png")], prog="trl-soup plot-positions")

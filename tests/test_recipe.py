@@ -13,9 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_soup_toy_recipe_runs(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "soup_toy.py"), "--max_steps", "4", "--behavior_refresh_interval", "2",
-         "--output_dir", str(tmp_path / "out"), "--num_prompts", "32"],
-        capture_output=True, text=True, env=env, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "soup_toy.py"),
+            "--max_steps",
+            "4",
+            "--behavior_refresh_interval",
+            "2",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--num_prompts",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("[SOUP]") and line.split()[1].isdigit()]

@@ -42,7 +42,12 @@ PAPER_SETUPS = {
     # config stem: (model, data set, prefix_ratio, T, max_completion_length, max_train_samples)  -- paper Sec. 4
     "qwen2.5-math-7b_dapo-math-17k": ("Qwen/Qwen2.5-Math-7B", "open-r1/DAPO-Math-17k-Processed", 0.5, 8, 4096, None),
     "r1-distill-qwen-1.5b_openr1-math-46k": (
-        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "Elliott/Openr1-Math-46k-8192", 0.3, 4, 8192, 4608,
+        "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
+        "Elliott/Openr1-Math-46k-8192",
+        0.3,
+        4,
+        8192,
+        4608,
     ),
 }
 
@@ -60,12 +65,14 @@ def test_configs_parse_to_the_paper_settings(setup):
 
     model, dataset, ratio, refresh_interval, completion_length, samples = PAPER_SETUPS[setup]
     parsed = {kind: _parse(["--config", str(CONFIGS / f"{setup}_{kind}.yaml")]) for kind in ("soup", "dapo")}
-    (soup_script, soup_args, soup_model), (dapo_script, dapo_args, dapo_model) = parsed["soup"], parsed["dapo"]
+    (soup_script, soup_args, _), (dapo_script, dapo_args, _) = parsed["soup"], parsed["dapo"]
 
     assert soup_script.trainer == "soup" and type(soup_args) is SOUPConfig
     assert dapo_script.trainer == "grpo" and type(dapo_args) is GRPOConfig  # TRL's own config: the honest baseline
     assert (soup_args.prefix_strategy, soup_args.prefix_ratio, soup_args.behavior_refresh_interval) == (
-        "ratio", ratio, refresh_interval,
+        "ratio",
+        ratio,
+        refresh_interval,
     )
     # Aligned generation (checked below), so pi_old can come from the loss forward: one forward fewer per relay batch.
     assert soup_args.old_logps_from_loss_forward is True
@@ -112,8 +119,9 @@ PROBLEM = "Let $x$ be the sum of 3 and 4. Find $x$."
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DAPO_WRAPPED = (
     "Solve the following math problem step by step. The last line of your response should be of the form Answer: "
-    "$Answer (without quotes) where $Answer is the answer to the problem.\n\n" + PROBLEM +
-    '\n\nRemember to put your answer on its own line after "Answer:".'
+    "$Answer (without quotes) where $Answer is the answer to the problem.\n\n"
+    + PROBLEM
+    + '\n\nRemember to put your answer on its own line after "Answer:".'
 )
 # One row per data set, in the layout the Hub copies use (see DATASET_FORMATS for the sources).
 ROWS = {
@@ -144,7 +152,8 @@ def test_build_prompt():
         {"role": "user", "content": f"{PROBLEM}\n{INSTRUCTION}"}
     ]
     assert recipe.build_prompt(PROBLEM, conversational=True, system_prompt="Be brief.")[0] == {
-        "role": "system", "content": "Be brief.",
+        "role": "system",
+        "content": "Be brief.",
     }
 
 
@@ -157,8 +166,10 @@ def test_each_format_maps_problem_and_answer_into_prompt_and_solution(name):
     row = dataset[0]
     assert row["prompt"] == [{"role": "user", "content": f"{PROBLEM}\n{INSTRUCTION}"}]  # the DAPO wrapper is gone
     # The reward reads the mapped `solution` column, with TRL's conversational completions.
-    completions = [[{"role": "assistant", "content": f"3 + 4 = 7, so the answer is $\\boxed{{{answer}}}$."}]
-                   for answer in ("7", "8", "\\frac{14}{2}")]
+    completions = [
+        [{"role": "assistant", "content": f"3 + 4 = 7, so the answer is $\\boxed{{{answer}}}$."}]
+        for answer in ("7", "8", "\\frac{14}{2}")
+    ]
     assert math_accuracy_reward(completions, [row["solution"]] * 3) == [1.0, 0.0, 1.0]
 
 
@@ -169,8 +180,9 @@ def test_dataset_format_and_column_overrides():
     assert row["solution"] == "7"
     # Column overrides, plain-text prompts.
     custom = {"question": PROBLEM, "meta": {"final": "7"}}
-    row = _prepare("my/custom", [custom], conversational=False, problem_column="question",
-                   answer_column="meta.final")[0]
+    row = _prepare("my/custom", [custom], conversational=False, problem_column="question", answer_column="meta.final")[
+        0
+    ]
     assert row == {"prompt": f"{PROBLEM}\n{INSTRUCTION}", "solution": "7"}
     with pytest.raises(ValueError, match="'problem'.*--problem_column"):
         _prepare("my/custom", [custom])
@@ -207,13 +219,19 @@ def tiny_setup(tmp_path_factory):
 
 def _run(tiny_setup, name, extra, launcher=(), per_device_batch=8):
     out = tiny_setup / name
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "TRANSFORMERS_VERBOSITY": "error"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "TRANSFORMERS_VERBOSITY": "error",
+    }
     command = [
         sys.executable, *launcher, str(RECIPE),
         "--model_name_or_path", str(tiny_setup / "model"), "--dataset_name", str(tiny_setup / "data.jsonl"),
-        "--output_dir", str(out), "--max_steps", str(MAX_STEPS), "--per_device_train_batch_size", str(per_device_batch),
+        "--output_dir", str(out), "--max_steps", str(MAX_STEPS),
+        "--per_device_train_batch_size", str(per_device_batch),
         "--num_generations", "4", "--max_completion_length", "8", "--logging_steps", "1", "--save_strategy", "no",
         "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--seed", "0", *extra,
     ]  # fmt: skip
@@ -260,10 +278,19 @@ def test_grpo_baseline_end_to_end(tiny_setup):
 @pytest.mark.slow
 def test_soup_recipe_two_process_ddp(tiny_setup):
     """accelerate launch with recipes/accelerate_configs/cpu_ddp.yaml (2 gloo processes; the run passes --use_cpu)."""
-    launcher = ("-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"))
-    logs, args, _ = _run(tiny_setup, "ddp", ["--behavior_refresh_interval", str(REFRESH_INTERVAL)], launcher=launcher,
-                         per_device_batch=4)
+    launcher = (
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"),
+    )
+    logs, args, _ = _run(
+        tiny_setup,
+        "ddp",
+        ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
+        launcher=launcher,
+        per_device_batch=4,
+    )
     _check_relay_schedule(logs)
     # 4 completions per rank and step, 2 ranks: 8 completions of 4 samples = 2 prompts per step over both ranks
     assert args.generation_batch_size == 8  # per_device 4 x 2 processes x 1 step per generation: both ranks counted
@@ -276,10 +303,19 @@ def test_soup_recipe_two_process_zero3(tiny_setup):
     Partitioning itself is checked inside the run by tests/test_zero3.py."""
     from safetensors.torch import load_file
 
-    launcher = ("-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "recipes" / "accelerate_configs" / "cpu_zero3.yaml"))
-    logs, args, _ = _run(tiny_setup, "zero3", ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
-                         launcher=launcher, per_device_batch=4)
+    launcher = (
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "recipes" / "accelerate_configs" / "cpu_zero3.yaml"),
+    )
+    logs, args, _ = _run(
+        tiny_setup,
+        "zero3",
+        ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
+        launcher=launcher,
+        per_device_batch=4,
+    )
     _check_relay_schedule(logs)
     assert args.generation_batch_size == 8  # both ranks counted
     saved = load_file(tiny_setup / "zero3" / "model.safetensors")

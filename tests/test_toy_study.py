@@ -25,9 +25,27 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
 def test_toy_study_small(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / "toy_study.py"), "--settings", "dapo", "soup_r0.5_T4", "--seeds", "0",
-         "--max_steps", "6", "--eval_prompts", "4", "--eval_samples", "4", "--output_dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=900,
+        [
+            sys.executable,
+            str(ROOT / "recipes" / "toy_study.py"),
+            "--settings",
+            "dapo",
+            "soup_r0.5_T4",
+            "--seeds",
+            "0",
+            "--max_steps",
+            "6",
+            "--eval_prompts",
+            "4",
+            "--eval_samples",
+            "4",
+            "--output_dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())

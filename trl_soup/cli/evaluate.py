@@ -46,13 +46,19 @@ from trl_soup.rewards import math_is_correct
 class EvaluationArguments:
     model_name_or_path: str = field(metadata={"help": "The checkpoint evaluated (the continuation model in relay)."})
     prefix_model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Turns on relay inference: this earlier checkpoint writes each prefix."})
+        default=None, metadata={"help": "Turns on relay inference: this earlier checkpoint writes each prefix."}
+    )
     prefix_ratio: float = field(default=0.5, metadata={"help": "Relay: share of the prefix model's response kept."})
-    benchmarks: list[str] = field(default_factory=lambda: list(BENCHMARKS),
-                                  metadata={"help": f"Names among {sorted(BENCHMARKS)}."})
+    benchmarks: list[str] = field(
+        default_factory=lambda: list(BENCHMARKS), metadata={"help": f"Names among {sorted(BENCHMARKS)}."}
+    )
     dataset_path: str | None = field(
-        default=None, metadata={"help": "Local json/jsonl/parquet file or save_to_disk folder with problem/answer "
-                                        "columns; replaces --benchmarks."})
+        default=None,
+        metadata={
+            "help": "Local json/jsonl/parquet file or save_to_disk folder with problem/answer "
+            "columns; replaces --benchmarks."
+        },
+    )
     num_samples: int = field(default=32, metadata={"help": "n: samples per problem (paper: avg@32)."})
     temperature: float = field(default=0.6, metadata={"help": "Sampling temperature (0 = greedy)."})
     top_p: float = field(default=0.95, metadata={"help": "Nucleus sampling threshold."})
@@ -62,8 +68,10 @@ class EvaluationArguments:
     max_problems: int | None = field(default=None, metadata={"help": "Evaluate the first N problems of each set."})
     seed: int = field(default=0)
     output_dir: str = field(default="outputs/evaluate")
-    backend: str = field(default="auto", metadata={"help": f"{BACKENDS}; auto = vLLM if installed and a GPU is "
-                                                           "present, else transformers."})
+    backend: str = field(
+        default="auto",
+        metadata={"help": f"{BACKENDS}; auto = vLLM if installed and a GPU is present, else transformers."},
+    )
     dtype: str = field(default="auto", metadata={"help": "Model dtype (auto, bfloat16, float32, ...)."})
     batch_size: int = field(default=64, metadata={"help": "transformers backend: rows per generate call."})
     gpu_memory_utilization: float = field(default=0.9, metadata={"help": "vLLM backend."})
@@ -105,11 +113,23 @@ def validate(args):
 
 
 def make_generator(args, backend, model, tokenizer):
-    vllm_kwargs = dict(gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
-                       tensor_parallel_size=args.tensor_parallel_size, seed=args.seed)
+    vllm_kwargs = dict(
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=args.max_model_len,
+        tensor_parallel_size=args.tensor_parallel_size,
+        seed=args.seed,
+    )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return build_generator(backend, model, pad_token_id=pad, temperature=args.temperature, top_p=args.top_p,
-                           batch_size=args.batch_size, dtype=args.dtype, vllm_kwargs=vllm_kwargs)
+    return build_generator(
+        backend,
+        model,
+        pad_token_id=pad,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        vllm_kwargs=vllm_kwargs,
+    )
 
 
 def eos_ids(model, tokenizer):
@@ -137,26 +157,33 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     if relay:
         prefix_tokenizer = AutoTokenizer.from_pretrained(args.prefix_model_name_or_path)
         if prefix_tokenizer.get_vocab() != tokenizer.get_vocab():
-            raise ValueError("--prefix_model_name_or_path: its tokenizer differs from --model_name_or_path's; relay "
-                             "inference passes token ids from one model to the other and needs the same vocabulary")
+            raise ValueError(
+                "--prefix_model_name_or_path: its tokenizer differs from --model_name_or_path's; relay "
+                "inference passes token ids from one model to the other and needs the same vocabulary"
+            )
     chat = None if args.chat_template == "auto" else args.chat_template == "true"
     if args.dataset_path is not None:
         name = os.path.splitext(os.path.basename(os.path.normpath(args.dataset_path)))[0]
         sets = {name: load_problems(dataset_path=args.dataset_path, max_problems=args.max_problems)}
     else:
         sets = {b: load_problems(b, max_problems=args.max_problems) for b in args.benchmarks}
-    prompts = {name: build_prompt_ids(tokenizer, problems, args.prompt_template, chat)
-               for name, (problems, _) in sets.items()}
+    prompts = {
+        name: build_prompt_ids(tokenizer, problems, args.prompt_template, chat) for name, (problems, _) in sets.items()
+    }
     eos_token_ids = eos_ids(args.prefix_model_name_or_path or args.model_name_or_path, tokenizer)
-    print(f"[evaluate] {', '.join(f'{k}: {len(v[0])}' for k, v in sets.items())} problems x {n} samples, "
-          f"backend {backend}{', relay inference' if relay else ''}", flush=True)
+    print(
+        f"[evaluate] {', '.join(f'{k}: {len(v[0])}' for k, v in sets.items())} problems x {n} samples, "
+        f"backend {backend}{', relay inference' if relay else ''}",
+        flush=True,
+    )
 
     # 2. Generation. Relay: the prefix model writes every response; relay_generate cuts each one (ratio truncation)
     #    and the continuation model finishes it. One checkpoint is loaded at a time.
     def sample(model):
         generator = make_generator(args, backend, model, tokenizer)
-        out = {name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed)
-               for name, ids in prompts.items()}
+        out = {
+            name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed) for name, ids in prompts.items()
+        }
         generator.close()  # free this model before the next one is loaded
         return out
 
@@ -167,8 +194,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         responses = {}
         for name, ids in prompts.items():
             responses[name], prefix_lengths[name] = relay_generate(
-                None, generator, ids, args.max_new_tokens, n, args.prefix_ratio, eos_token_ids, seed=args.seed,
-                prefix_responses=full[name])
+                None,
+                generator,
+                ids,
+                args.max_new_tokens,
+                n,
+                args.prefix_ratio,
+                eos_token_ids,
+                seed=args.seed,
+                prefix_responses=full[name],
+            )
         generator.close()
     else:
         responses = sample(args.model_name_or_path)
@@ -186,10 +221,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                     verdict = math_is_correct(text, gold)  # None: math-verify cannot parse the reference
                     verdicts.append(verdict)
                     row.append(bool(verdict))
-                    samples_file.write(json.dumps({
-                        "benchmark": name, "problem_index": p, "sample_index": j, "answer": gold, "response": text,
-                        "num_tokens": len(ids), "prefix_length": prefix_lengths[name][p * n + j],
-                        "correct": bool(verdict)}) + "\n")
+                    samples_file.write(
+                        json.dumps(
+                            {
+                                "benchmark": name,
+                                "problem_index": p,
+                                "sample_index": j,
+                                "answer": gold,
+                                "response": text,
+                                "num_tokens": len(ids),
+                                "prefix_length": prefix_lengths[name][p * n + j],
+                                "correct": bool(verdict),
+                            }
+                        )
+                        + "\n"
+                    )
                 correctness.append(row)
                 unparsable += None in verdicts
             summary = correctness_summary(correctness)
@@ -199,22 +245,35 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                 summary["prefix_token_fraction"] = sum(prefix_lengths[name]) / max(1, sum(lengths))
             summary["unparsable_answers"] = unparsable  # problems whose reference math-verify cannot parse
             scores[name] = summary
-            print(f"[evaluate] {name}: avg@{n} {100 * summary['avg@n']:.2f}  pass@{n} "
-                  f"{100 * summary['pass@k'][n]:.2f}  ({summary['num_problems']} problems)", flush=True)
+            print(
+                f"[evaluate] {name}: avg@{n} {100 * summary['avg@n']:.2f}  pass@{n} "
+                f"{100 * summary['pass@k'][n]:.2f}  ({summary['num_problems']} problems)",
+                flush=True,
+            )
 
     # 4. Outputs.
-    settings = {**asdict(args), "benchmarks": list(sets), "backend": backend, "relay": relay,
-                "seconds": round(time.time() - start, 1)}
+    settings = {
+        **asdict(args),
+        "benchmarks": list(sets),
+        "backend": backend,
+        "relay": relay,
+        "seconds": round(time.time() - start, 1),
+    }
     with open(os.path.join(args.output_dir, "scores.json"), "w") as f:
         json.dump({"settings": settings, "benchmarks": scores}, f, indent=2)
     title = f"pass@k, n = {n}"
     if relay:
-        title = f"Relay inference: prefix {os.path.basename(os.path.normpath(args.prefix_model_name_or_path))} " \
-                f"({args.prefix_ratio:.0%}) -> {os.path.basename(os.path.normpath(args.model_name_or_path))}, n = {n}"
-    plot_pass_at_k({name: s["pass@k"] for name, s in scores.items()}, os.path.join(args.output_dir, "pass_at_k.png"),
-                   title)
-    print(f"[evaluate] wrote {args.output_dir}/scores.json, samples.jsonl, pass_at_k.png "
-          f"in {time.time() - start:.0f} s", flush=True)
+        title = (
+            f"Relay inference: prefix {os.path.basename(os.path.normpath(args.prefix_model_name_or_path))} "
+            f"({args.prefix_ratio:.0%}) -> {os.path.basename(os.path.normpath(args.model_name_or_path))}, n = {n}"
+        )
+    plot_pass_at_k(
+        {name: s["pass@k"] for name, s in scores.items()}, os.path.join(args.output_dir, "pass_at_k.png"), title
+    )
+    print(
+        f"[evaluate] wrote {args.output_dir}/scores.json, samples.jsonl, pass_at_k.png in {time.time() - start:.0f} s",
+        flush=True,
+    )
     return 0
 
 

@@ -27,18 +27,33 @@ class Command:
 
 
 COMMANDS = (
-    Command("train", "trl_soup.cli.train", "train SOUP or the GRPO (DAPO) baseline on math data: YAML config, Hub or "
-            "local data, accelerate configs for DDP / ZeRO-3 (the paper's recipe)"),
-    Command("toy", "trl_soup.cli.toy", "SOUP on the embedded default: tiny local model, synthetic task, CPU, about a "
-            "minute, nothing downloaded"),
-    Command("evaluate", "trl_soup.cli.evaluate", "avg@n and pass@k on math benchmarks, optionally with relay (SOUP) "
-            "inference"),
-    Command("plot-positions", "trl_soup.cli.plot_positions", "plot entropy and clip ratio by relative token position "
-            "(paper Fig. 5) from trainer_state.json files"),
-    Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy",
-            entry="main"),
-    Command("configs", "trl_soup.cli.packaged", "list the packaged training and accelerate configs, or print the "
-            "path of one (--path NAME)"),
+    Command(
+        "train",
+        "trl_soup.cli.train",
+        "train SOUP or the GRPO (DAPO) baseline on math data: YAML config, Hub or "
+        "local data, accelerate configs for DDP / ZeRO-3 (the paper's recipe)",
+    ),
+    Command(
+        "toy",
+        "trl_soup.cli.toy",
+        "SOUP on the embedded default: tiny local model, synthetic task, CPU, about a minute, nothing downloaded",
+    ),
+    Command(
+        "evaluate",
+        "trl_soup.cli.evaluate",
+        "avg@n and pass@k on math benchmarks, optionally with relay (SOUP) inference",
+    ),
+    Command(
+        "plot-positions",
+        "trl_soup.cli.plot_positions",
+        "plot entropy and clip ratio by relative token position (paper Fig. 5) from trainer_state.json files",
+    ),
+    Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy", entry="main"),
+    Command(
+        "configs",
+        "trl_soup.cli.packaged",
+        "list the packaged training and accelerate configs, or print the path of one (--path NAME)",
+    ),
 )
 
 
@@ -46,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     from trl_soup import __version__
 
     parser = argparse.ArgumentParser(
-        prog="trl-soup", allow_abbrev=False,
+        prog="trl-soup",
+        allow_abbrev=False,
         description="SOUP (arXiv 2601.21476) for Hugging Face TRL. `trl-soup COMMAND --help` describes a command.",
     )
     parser.add_argument("--version", action="version", version=f"trl-soup {__version__}")
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     command = next(c for c in COMMANDS if c.name == args.command)
-    return command.run(argv[argv.index(command.name) + 1:])
+    return command.run(argv[argv.index(command.name) + 1 :])
 
 
 if __name__ == "__main__":

@@ -43,8 +43,14 @@ def _answer_text(answer) -> str:
     return str(answer).strip()
 
 
-def load_problems(benchmark: str | None = None, *, dataset_path: str | None = None, max_problems: int | None = None,
-                  problem_column: str = "problem", answer_column: str = "answer") -> tuple[list[str], list[str]]:
+def load_problems(
+    benchmark: str | None = None,
+    *,
+    dataset_path: str | None = None,
+    max_problems: int | None = None,
+    problem_column: str = "problem",
+    answer_column: str = "answer",
+) -> tuple[list[str], list[str]]:
     """``(problems, answers)`` of a registered benchmark (Hub) or of a local file / ``save_to_disk`` folder.
 
     Args:
@@ -66,8 +72,10 @@ def load_problems(benchmark: str | None = None, *, dataset_path: str | None = No
             suffix = dataset_path.rsplit(".", 1)[-1].lower()
             builder = {"json": "json", "jsonl": "json", "parquet": "parquet"}.get(suffix)
             if builder is None:
-                raise ValueError(f"dataset_path must be a .json, .jsonl or .parquet file or a save_to_disk folder, "
-                                 f"got {dataset_path!r}")
+                raise ValueError(
+                    f"dataset_path must be a .json, .jsonl or .parquet file or a save_to_disk folder, "
+                    f"got {dataset_path!r}"
+                )
             data = datasets.load_dataset(builder, data_files=dataset_path, split="train")
     else:
         if benchmark not in BENCHMARKS:
@@ -83,8 +91,9 @@ def load_problems(benchmark: str | None = None, *, dataset_path: str | None = No
     return [str(p) for p in data[problem_column]], [_answer_text(a) for a in data[answer_column]]
 
 
-def build_prompt_ids(tokenizer, problems: Sequence[str], template: str = DEFAULT_PROMPT_TEMPLATE,
-                     chat_template: bool | None = None) -> list[list[int]]:
+def build_prompt_ids(
+    tokenizer, problems: Sequence[str], template: str = DEFAULT_PROMPT_TEMPLATE, chat_template: bool | None = None
+) -> list[list[int]]:
     """Token ids of each problem put into ``template`` (``{problem}`` is replaced; other braces are kept as written).
 
     With a chat template (default: when the tokenizer has one) the filled template is the user message and the
@@ -97,8 +106,9 @@ def build_prompt_ids(tokenizer, problems: Sequence[str], template: str = DEFAULT
     for problem in problems:
         text = template.replace("{problem}", problem)  # not str.format: "\\boxed{}" holds braces
         if use_chat:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                tokenize=True, return_dict=True)["input_ids"]
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"]
         else:
             ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         out.append(list(ids))

@@ -36,8 +36,10 @@ def resolve_config(value: str, kind: str) -> str:
     if os.sep not in name and candidate.is_file():
         return str(candidate)
     flag = "--config" if kind == "training" else "--accelerate_config"
-    raise ValueError(f"{flag} {value!r} is neither a file nor a packaged {kind} config. Packaged: "
-                     f"{', '.join(config_names(kind))} (`trl-soup configs` lists them with their paths).")
+    raise ValueError(
+        f"{flag} {value!r} is neither a file nor a packaged {kind} config. Packaged: "
+        f"{', '.join(config_names(kind))} (`trl-soup configs` lists them with their paths)."
+    )
 
 
 def pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
@@ -46,9 +48,9 @@ def pop_option(argv: list[str], flag: str) -> tuple[str | None, list[str]]:
         if token == flag:
             if i + 1 >= len(argv):
                 raise ValueError(f"{flag} needs a value.")
-            return argv[i + 1], argv[:i] + argv[i + 2:]
+            return argv[i + 1], argv[:i] + argv[i + 2 :]
         if token.startswith(flag + "="):
-            return token.split("=", 1)[1], argv[:i] + argv[i + 1:]
+            return token.split("=", 1)[1], argv[:i] + argv[i + 1 :]
     return None, argv
 
 
@@ -69,8 +71,10 @@ def cli_main(argv: list[str] | None = None, prog: str = "trl-soup configs") -> i
                 return 0
             except ValueError:
                 continue
-        parser.error(f"{args.path!r} is not a packaged config. Training: {', '.join(config_names('training'))}; "
-                     f"accelerate: {', '.join(config_names('accelerate'))}.")
+        parser.error(
+            f"{args.path!r} is not a packaged config. Training: {', '.join(config_names('training'))}; "
+            f"accelerate: {', '.join(config_names('accelerate'))}."
+        )
     for kind, flag in (("training", "trl-soup train --config"), ("accelerate", "--accelerate_config")):
         print(f"{kind} configs ({flag} NAME), in {config_dir(kind)}:")
         for name in config_names(kind):

@@ -30,8 +30,14 @@ def position_curves(log_history, first_step=0, last_step=None):
         curve = []
         for i in range(BINS):
             key = f"soup/position/{name}/bin_{i}"
-            values = [h[key] for h in log_history if h.get(key) is not None and not math.isnan(h[key])
-                      and h.get("step", 0) >= first_step and (last_step is None or h.get("step", 0) <= last_step)]
+            values = [
+                h[key]
+                for h in log_history
+                if h.get(key) is not None
+                and not math.isnan(h[key])
+                and h.get("step", 0) >= first_step
+                and (last_step is None or h.get("step", 0) <= last_step)
+            ]
             curve.append(sum(values) / len(values) if values else float("nan"))
         curves[name] = curve
     return curves
@@ -75,8 +81,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             curves = position_curves(load_log_history(path), first, last)
             if all(math.isnan(value) for curve in curves.values() for value in curve):
                 window = "" if args.steps is None else f" in steps {args.steps}"
-                raise ValueError(f"{path}: no position statistics (soup/position/entropy/bin_i, "
-                                 f"soup/position/clip_ratio/bin_i){window}; train with --log_position_statistics true")
+                raise ValueError(
+                    f"{path}: no position statistics (soup/position/entropy/bin_i, "
+                    f"soup/position/clip_ratio/bin_i){window}; train with --log_position_statistics true"
+                )
             runs.append((label, curves))
     except ValueError as error:
         parser.error(str(error))

@@ -38,10 +38,17 @@ class ToyArguments:
 class StepPrinter(TrainerCallback):
     """One line per step: reward and the SOUP metrics that matter."""
 
-    COLUMNS = [("reward", "reward"), ("soup/relay_batch", "relay"), ("soup/behavior_age", "age"),
-               ("soup/prefix_fraction", "prefix"), ("soup/clip_ratio/prefix", "clip_pre"),
-               ("soup/clip_ratio/continuation", "clip_cont"), ("soup/entropy/prefix", "H_pre"),
-               ("soup/entropy/continuation", "H_cont"), ("soup/log_ratio/prefix_abs_mean", "|logr|_pre")]
+    COLUMNS = [
+        ("reward", "reward"),
+        ("soup/relay_batch", "relay"),
+        ("soup/behavior_age", "age"),
+        ("soup/prefix_fraction", "prefix"),
+        ("soup/clip_ratio/prefix", "clip_pre"),
+        ("soup/clip_ratio/continuation", "clip_cont"),
+        ("soup/entropy/prefix", "H_pre"),
+        ("soup/entropy/continuation", "H_cont"),
+        ("soup/log_ratio/prefix_abs_mean", "|logr|_pre"),
+    ]
 
     def __init__(self, name):
         self.name = name
@@ -62,9 +69,11 @@ def summarize(name, trainer, seconds):
     rewards = [h["reward"] for h in logs]
     exact = [h.get("rewards/exact_match_reward/mean", float("nan")) for h in logs]
     k = min(5, len(rewards))
-    line = (f"[{name}] reward {sum(rewards[:k]) / k:.3f} (first {k} steps) -> {sum(rewards[-k:]) / k:.3f} "
-            f"(last {k}), exact match {sum(exact[:k]) / k:.2f} -> {sum(exact[-k:]) / k:.2f}, {len(rewards)} steps in "
-            f"{seconds:.0f} s")
+    line = (
+        f"[{name}] reward {sum(rewards[:k]) / k:.3f} (first {k} steps) -> {sum(rewards[-k:]) / k:.3f} "
+        f"(last {k}), exact match {sum(exact[:k]) / k:.2f} -> {sum(exact[-k:]) / k:.2f}, {len(rewards)} steps in "
+        f"{seconds:.0f} s"
+    )
     relay = [h for h in logs if h.get("soup/relay_batch") == 1.0]
     if relay:
         fraction = sum(h["soup/prefix_fraction"] for h in relay) / len(relay)
@@ -83,24 +92,28 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     # The exact-match reward is logged but not trained on (weight 0).
     reward_funcs = [toy.char_match_reward, toy.exact_match_reward]
     soup_args.reward_weights = [1.0, 0.0]
-    print(f"SOUP: prefix_strategy={soup_args.prefix_strategy} prefix_ratio={soup_args.prefix_ratio} "
-          f"T={soup_args.behavior_refresh_interval} steps={soup_args.max_steps} lr={soup_args.learning_rate}",
-          flush=True)
+    print(
+        f"SOUP: prefix_strategy={soup_args.prefix_strategy} prefix_ratio={soup_args.prefix_ratio} "
+        f"T={soup_args.behavior_refresh_interval} steps={soup_args.max_steps} lr={soup_args.learning_rate}",
+        flush=True,
+    )
 
     runs = [("SOUP", SOUPTrainer, soup_args)]
     if toy_args.compare_grpo:
         grpo_fields = {f for f in GRPOConfig.__dataclass_fields__ if GRPOConfig.__dataclass_fields__[f].init}
-        grpo_args = GRPOConfig(**{k: v for k, v in soup_args.to_dict().items() if k in grpo_fields and k in
-                                  toy.TOY_TRAINING_DEFAULTS} | {"output_dir": soup_args.output_dir + "_grpo",
-                                                                "reward_weights": [1.0, 0.0], "disable_tqdm": True})
+        grpo_args = GRPOConfig(
+            **{k: v for k, v in soup_args.to_dict().items() if k in grpo_fields and k in toy.TOY_TRAINING_DEFAULTS}
+            | {"output_dir": soup_args.output_dir + "_grpo", "reward_weights": [1.0, 0.0], "disable_tqdm": True}
+        )
         runs.append(("GRPO", GRPOTrainer, grpo_args))
 
     summaries = []
     for name, trainer_cls, args in runs:
         start = time.perf_counter()
         model, tokenizer = toy.build_toy_policy(seed=args.seed)  # the same warmed-up start for every run
-        trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+        trainer = trainer_cls(
+            model=model, reward_funcs=reward_funcs, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(StepPrinter(name))
         trainer.train()

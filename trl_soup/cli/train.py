@@ -57,9 +57,21 @@ from trl_soup.cli.packaged import pop_option, resolve_config, resolve_config_arg
 from trl_soup.rewards import math_accuracy_reward
 
 __all__ = [
-    "DATASET_FORMATS", "GENERIC_FORMAT", "INSTRUCTION", "TRAINERS", "DatasetFormat", "MathScriptArguments",
-    "build_prompt", "choose_trainer", "cli_main", "load_raw_dataset", "main", "make_parser", "prepare_dataset",
-    "resolve_format", "strip_dapo_instruction",
+    "DATASET_FORMATS",
+    "GENERIC_FORMAT",
+    "INSTRUCTION",
+    "TRAINERS",
+    "DatasetFormat",
+    "MathScriptArguments",
+    "build_prompt",
+    "choose_trainer",
+    "cli_main",
+    "load_raw_dataset",
+    "main",
+    "make_parser",
+    "prepare_dataset",
+    "resolve_format",
+    "strip_dapo_instruction",
 ]
 
 TRAINERS = ("soup", "grpo")
@@ -153,13 +165,17 @@ class MathScriptArguments(ScriptArguments):
 
     trainer: str = field(
         default="soup",
-        metadata={"help": "'soup': SOUPTrainer with a SOUPConfig. 'grpo': TRL's GRPOTrainer with a GRPOConfig (the "
-                  "on-policy DAPO baseline; SOUP options are then refused). Default 'soup'."},
+        metadata={
+            "help": "'soup': SOUPTrainer with a SOUPConfig. 'grpo': TRL's GRPOTrainer with a GRPOConfig (the "
+            "on-policy DAPO baseline; SOUP options are then refused). Default 'soup'."
+        },
     )
     dataset_format: str | None = field(
         default=None,
-        metadata={"help": "Column layout to use, by name in DATASET_FORMATS (for a local copy of a known data set). "
-                  "Default: looked up by dataset_name, else 'problem' / 'answer' columns."},
+        metadata={
+            "help": "Column layout to use, by name in DATASET_FORMATS (for a local copy of a known data set). "
+            "Default: looked up by dataset_name, else 'problem' / 'answer' columns."
+        },
     )
     problem_column: str | None = field(
         default=None,
@@ -167,14 +183,18 @@ class MathScriptArguments(ScriptArguments):
     )
     answer_column: str | None = field(
         default=None,
-        metadata={"help": "Column holding the reference answer; dotted names reach into structs "
-                  "(e.g. reward_model.ground_truth). Overrides the format."},
+        metadata={
+            "help": "Column holding the reference answer; dotted names reach into structs "
+            "(e.g. reward_model.ground_truth). Overrides the format."
+        },
     )
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message. Default none."})
     max_train_samples: int | None = field(
         default=None,
-        metadata={"help": "Train on this many prompts, drawn at random with the training seed (the paper's "
-                  "R1-Distill setup uses 4608). Default: all."},
+        metadata={
+            "help": "Train on this many prompts, drawn at random with the training seed (the paper's "
+            "R1-Distill setup uses 4608). Default: all."
+        },
     )
 
     def __post_init__(self):
@@ -270,12 +290,16 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         raise ValueError("model_name_or_path is required (a Hub id or a local model directory).")
 
     # As TRL's grpo script: GRPOTrainer loads the model from its name with these arguments.
-    model_init_kwargs = dict(revision=model_args.model_revision, attn_implementation=model_args.attn_implementation,
-                             dtype=model_args.dtype)
+    model_init_kwargs = dict(
+        revision=model_args.model_revision, attn_implementation=model_args.attn_implementation, dtype=model_args.dtype
+    )
     training_args.model_init_kwargs = model_init_kwargs | (training_args.model_init_kwargs or {})
     tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, revision=model_args.model_revision, padding_side="left",
-        truncation_side="left", trust_remote_code=training_args.trust_remote_code,
+        model_args.model_name_or_path,
+        revision=model_args.model_revision,
+        padding_side="left",
+        truncation_side="left",
+        trust_remote_code=training_args.trust_remote_code,
     )
     conversational = tokenizer.chat_template is not None
 
@@ -284,9 +308,12 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         raw = load_raw_dataset(script_args, data_format)
         train_dataset = prepare_dataset(raw, script_args, conversational, seed=training_args.seed)
     if training_args.process_index == 0:
-        print(f"[soup_math] trainer={script_args.trainer} data={script_args.dataset_name} rows={len(train_dataset)} "
-              f"problem={data_format.problem_column!r} answer={data_format.answer_column!r} "
-              f"prompt={'chat' if conversational else 'text'}\n[soup_math] first row: {train_dataset[0]}", flush=True)
+        print(
+            f"[soup_math] trainer={script_args.trainer} data={script_args.dataset_name} rows={len(train_dataset)} "
+            f"problem={data_format.problem_column!r} answer={data_format.answer_column!r} "
+            f"prompt={'chat' if conversational else 'text'}\n[soup_math] first row: {train_dataset[0]}",
+            flush=True,
+        )
 
     trainer_cls = SOUPTrainer if soup else GRPOTrainer
     trainer = trainer_cls(
@@ -349,8 +376,15 @@ def accelerate_launch_arguments(parser: TrlParser, argv: list[str], accelerate_c
             next_unknown = next(unknown, None)
         else:
             recipe_args.append(token)
-    return ["--config_file", resolve_config(accelerate_config, "accelerate"), *config_remaining, *cli_remaining,
-            "--module", "trl_soup.cli.train", *recipe_args]
+    return [
+        "--config_file",
+        resolve_config(accelerate_config, "accelerate"),
+        *config_remaining,
+        *cli_remaining,
+        "--module",
+        "trl_soup.cli.train",
+        *recipe_args,
+    ]
 
 
 def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
