@@ -233,3 +233,15 @@ def test_plot_refuses_other_files_and_empty_step_ranges(tmp_path, capsys):
         assert re.search(message, capsys.readouterr().err), argv
     assert cli_main([str(logged), "--output", str(tmp_path / "fig.png")]) == 0
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_import_and_top_level_help_load_no_torch():
+    """`import trl_soup` and `trl-soup --help` do not import torch or TRL (the public names load on first use)."""
+    code = (
+        "import sys, trl_soup, trl_soup.cli.main as m\n"
+        "assert not {'torch', 'trl', 'transformers'} & set(sys.modules), sorted({'torch', 'trl'} & set(sys.modules))\n"
+        "print(trl_soup.SOUPConfig.__module__, trl_soup.SOUPTrainer.__module__, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["trl_soup.config", "trl_soup.trainer", "True"]

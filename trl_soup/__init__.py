@@ -1,9 +1,36 @@
 """trl_soup: SOUP (Single-sample Mix-policy Unified Paradigm, arXiv 2601.21476) for Hugging Face TRL."""
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .config import SOUPConfig
-from .trainer import SOUPTrainer
-from .truncation import available_prefix_strategies, register_prefix_strategy
+# The public names load on first use (PEP 562), so that `import trl_soup` (the `trl-soup` command, its `--help`)
+# does not import TRL, transformers and torch until a command needs them.
+_EXPORTS = {
+    "SOUPConfig": "trl_soup.config",
+    "SOUPTrainer": "trl_soup.trainer",
+    "available_prefix_strategies": "trl_soup.truncation",
+    "register_prefix_strategy": "trl_soup.truncation",
+}
+
+if TYPE_CHECKING:
+    from .config import SOUPConfig
+    from .trainer import SOUPTrainer
+    from .truncation import available_prefix_strategies, register_prefix_strategy
 
 __all__ = ["SOUPConfig", "SOUPTrainer", "__version__", "available_prefix_strategies", "register_prefix_strategy"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'trl_soup' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
