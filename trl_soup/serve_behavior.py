@@ -23,8 +23,8 @@ import sys
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m trl_soup.serve_behavior", description=__doc__.split("\n\n")[0])
+def build_parser(prog: str = "python -m trl_soup.serve_behavior") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="model path or Hub id: the learner's starting model")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     parser.add_argument("--port", type=int, default=8001, help="port (default 8001; TRL's own vLLM server uses 8000)")
@@ -69,8 +69,14 @@ def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
     return command + extra, env
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+def cli_main(argv: list[str], prog: str) -> int:
+    """`trl-soup serve-behavior`: :func:`main` with the command's name in its usage line."""
+    main(argv, prog=prog)
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m trl_soup.serve_behavior") -> None:
+    args = build_parser(prog).parse_args(argv)
     if args.host not in LOOPBACK:
         print(
             f"[serve_behavior] WARNING: binding to {args.host}. The dev-mode endpoints of this server can reload its "

@@ -12,18 +12,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Command:
-    """A subcommand: `module.entry(argv, prog=...)` runs it and returns the exit status."""
+    """A subcommand: `module.cli_main(argv, prog=...)` runs it and returns the exit status."""
 
     name: str
     module: str
     help: str
-    entry: str = "cli_main"
 
     def run(self, argv: list[str]) -> int:
-        function = getattr(importlib.import_module(self.module), self.entry)
-        if self.entry == "cli_main":
-            return function(argv, prog=f"trl-soup {self.name}") or 0
-        return function(argv) or 0
+        return importlib.import_module(self.module).cli_main(argv, prog=f"trl-soup {self.name}") or 0
 
 
 COMMANDS = (
@@ -48,7 +44,7 @@ COMMANDS = (
         "trl_soup.cli.plot_positions",
         "plot entropy and clip ratio by relative token position (paper Fig. 5) from trainer_state.json files",
     ),
-    Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy", entry="main"),
+    Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy"),
     Command(
         "configs",
         "trl_soup.cli.packaged",
