@@ -14,15 +14,16 @@ script prints per-step medians, the ratios SOUP / GRPO and SOUP's time breakdown
         --num_layers 4 --random_init --steps 10 --repeats 1             # 50M parameters, server on a core of its own
 
 Modes: `local` (the in-process behavior copy on the CPU, the warmed-up toy model); `gpu` (the local backend on CUDA in
-bf16, on a random-initialised model with the body of Qwen2.5-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP 4864,
-0.36B parameters with the toy's 55-token vocabulary; peak memory is `torch.cuda.max_memory_allocated`); `vllm_server` (the script starts a vLLM behavior server on
-the toy model with `python -m trl_soup.serve_behavior`, or uses `--server_url`). `--prefetch N` sets
-`behavior_prefetch` (vllm_server only). "behavior_wait" in SOUP's time breakdown is the time a step waited for behavior
-samples (all of their sampling time without prefetching); with prefetching the behavior tokens that were ready in time
-leave the critical-path decode count. `--hidden_size` / `--num_layers` size the CPU model (head dimension 64, MLP
-4 x hidden; `--random_init` skips the toy's warm-up); `--trainer_cpus` pins the trainer processes (on 2 cores the
-vLLM CPU server binds its worker to core 0) and `--server_cpus` every process of the server. The mean step time,
-refresh steps included, is printed next to the medians.
+bf16, on a random-initialised model with the body of Qwen2.5-0.5B: hidden 896, 24 layers, 14 heads, 2 KV heads, MLP
+4864, 0.36B parameters with the toy's 55-token vocabulary; peak memory is `torch.cuda.max_memory_allocated`);
+`vllm_server` (the script starts a vLLM behavior server on the toy model with `python -m trl_soup.serve_behavior`, or
+uses `--server_url`). `--prefetch N` sets `behavior_prefetch` (vllm_server only). "behavior_wait" in SOUP's time
+breakdown is the time a step waited for behavior samples (all of their sampling time without prefetching); with
+prefetching the behavior tokens that were ready in time leave the critical-path decode count. `--hidden_size` /
+`--num_layers` size the CPU model (head dimension 64, MLP 4 x hidden; `--random_init` skips the toy's warm-up);
+`--trainer_cpus` pins the trainer processes (on 2 cores the vLLM CPU server binds its worker to core 0) and
+`--server_cpus` every process of the server. The mean step time, refresh steps included, is printed next to the
+medians.
 """
 
 from __future__ import annotations
@@ -350,7 +351,8 @@ def main():
     means = {which: statistics.fmean(s["step_time"] for s in steps[which]) for which in runs}  # refresh steps included
     ratio = lambda key: table["soup"][key] / table["grpo"][key] if table["grpo"][key] else float("nan")  # noqa: E731
     print(
-        f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} T={args.refresh_interval} "
+        f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} "
+        f"T={args.refresh_interval} "
         f"old_logps_from_loss_forward={args.old_logps_from_loss_forward} "
         f"batch={args.batch_size} max_len={args.max_completion_length} steps={args.steps} x {args.repeats}"
     )
@@ -360,9 +362,8 @@ def main():
     print(
         f"{'step_time (mean)':<28}{means['grpo']:>12.4f}{means['soup']:>12.4f}{means['soup'] / means['grpo']:>12.3f}"
     )
-    print(
-        f"{'peak GPU memory (MiB)' if args.mode == 'gpu' else 'peak RSS (MiB)':<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}"
-    )
+    peak_label = "peak GPU memory (MiB)" if args.mode == "gpu" else "peak RSS (MiB)"
+    print(f"{peak_label:<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
     print(
         "SOUP time breakdown (median s/step): "
         + ", ".join(

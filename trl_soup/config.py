@@ -224,8 +224,8 @@ class SOUPConfig(GRPOConfig):
     log_position_statistics: bool = field(
         default=False,
         metadata={
-            "help": "Log entropy and clip ratio per tenth of relative token position (10 bins) (soup/position/...), the "
-            "training analysis of paper Fig. 5; plot with recipes/plot_position_statistics.py. Costs one small "
+            "help": "Log entropy and clip ratio per tenth of relative token position (10 bins) (soup/position/...), "
+            "the training analysis of paper Fig. 5; plot with recipes/plot_position_statistics.py. Costs one small "
             "all-reduce per step. Default False."
         },
     )
@@ -320,7 +320,8 @@ class SOUPConfig(GRPOConfig):
             )
         if not isinstance(self.old_logps_from_loss_forward, bool):
             raise ValueError(
-                f"old_logps_from_loss_forward={self.old_logps_from_loss_forward!r} is invalid. Allowed values: True, False."
+                f"old_logps_from_loss_forward={self.old_logps_from_loss_forward!r} is invalid. "
+                "Allowed values: True, False."
             )
         for name in ("behavior_server_timeout", "behavior_server_connect_timeout"):
             timeout = getattr(self, name)
@@ -334,16 +335,16 @@ class SOUPConfig(GRPOConfig):
             if host not in LOOPBACK_HOSTS:
                 warnings.warn(
                     f"The behavior server is at {host!r}, not on this machine's loopback: it runs vLLM's dev-mode "
-                    "endpoints (VLLM_SERVER_DEV_MODE=1), which reload weights for anyone who can reach them. Keep it on "
-                    "a private network, or use 127.0.0.1.",
+                    "endpoints (VLLM_SERVER_DEV_MODE=1), which reload weights for anyone who can reach them. Keep it "
+                    "on a private network, or use 127.0.0.1.",
                     UserWarning,
                     stacklevel=3,
                 )
             if self.behavior_refresh_method == "nccl" and (self.use_cpu or not torch.cuda.is_available()):
                 raise ValueError(
                     "behavior_refresh_method='nccl' needs CUDA GPUs (TRL's NCCL weight transfer), and this run has "
-                    f"none (use_cpu={self.use_cpu}, CUDA available: {torch.cuda.is_available()}). Allowed values on CPU: "
-                    "'disk', or 'lora' with a PEFT model."
+                    f"none (use_cpu={self.use_cpu}, CUDA available: {torch.cuda.is_available()}). Allowed values "
+                    "on CPU: 'disk', or 'lora' with a PEFT model."
                 )
         if self.prefix_budget is not None and self.prefix_strategy in ("ratio", "entropy"):
             raise ValueError(
@@ -382,9 +383,9 @@ class SOUPConfig(GRPOConfig):
         at_t1 = " (or behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)"
         if relay and self.use_vllm and self.vllm_structured_outputs_regex is not None:
             raise ValueError(
-                f"vllm_structured_outputs_regex={self.vllm_structured_outputs_regex!r} cannot be used with SOUP: on relay "
-                "batches vLLM writes only the continuation after a behavior prefix, so the regex would constrain the "
-                f"continuation alone, not the whole completion. Allowed value: None{at_t1}."
+                f"vllm_structured_outputs_regex={self.vllm_structured_outputs_regex!r} cannot be used with SOUP: on "
+                "relay batches vLLM writes only the continuation after a behavior prefix, so the regex would "
+                f"constrain the continuation alone, not the whole completion. Allowed value: None{at_t1}."
             )
         if relay and self.use_transformers_continuous_batching:
             raise ValueError(
@@ -393,9 +394,9 @@ class SOUPConfig(GRPOConfig):
             )
         if relay and self.fsdp:
             raise ValueError(
-                f"fsdp={self.fsdp!r} is not supported by SOUPTrainer in this release: the behavior copy and its refresh "
-                "are written for unsharded or DeepSpeed ZeRO-3 parameters. Allowed values: fsdp disabled (use DDP or "
-                f"DeepSpeed ZeRO-1/2/3){at_t1}."
+                f"fsdp={self.fsdp!r} is not supported by SOUPTrainer in this release: the behavior copy and its "
+                "refresh are written for unsharded or DeepSpeed ZeRO-3 parameters. Allowed values: fsdp disabled "
+                f"(use DDP or DeepSpeed ZeRO-1/2/3){at_t1}."
             )
         generation = self.generation_kwargs if isinstance(self.generation_kwargs, dict) else {}
         for name in ("num_beams", "num_beam_groups"):
@@ -412,8 +413,8 @@ class SOUPConfig(GRPOConfig):
         check_sampling_settings(self)  # vllm_server: sampling filters only where exact prefix log-probs can be had
         if self.max_completion_length is None or self.max_completion_length < 1:
             raise ValueError(
-                f"max_completion_length={self.max_completion_length!r} is invalid for SOUP: the continuation budget is "
-                "max_completion_length - len(prefix), so it must be an integer >= 1."
+                f"max_completion_length={self.max_completion_length!r} is invalid for SOUP: the continuation budget "
+                "is max_completion_length - len(prefix), so it must be an integer >= 1."
             )
         if self.prefix_budget is not None:
             self._require_int(

@@ -5,21 +5,23 @@ from __future__ import annotations
 
 import math
 import os
-import textwrap
 
 __all__ = ["SOUP_PAPER", "describe_local_base_model", "drop_empty_metrics", "prefix_columns"]
 
 SOUP_PAPER = {
     "title": "SOUP: Token-level Single-sample Mix-policy Reinforcement Learning for Large Language Models",
     "id": "2601.21476",
-    # docstyle-ignore
-    "citation": textwrap.dedent("""\
-        @article{yang2026soup,
-            title        = {{SOUP: Token-level Single-sample Mix-policy Reinforcement Learning for Large Language Models}},
-            author       = {Lei Yang and Wei Bi and Chenxi Sun and Renren Jin and Deyi Xiong},
-            year         = 2026,
-            eprint       = {arXiv:2601.21476},
-        }"""),
+    "citation": "\n".join(
+        [
+            "@article{yang2026soup,",
+            "    title        = {{SOUP: Token-level Single-sample Mix-policy Reinforcement Learning for Large "
+            "Language Models}},",
+            "    author       = {Lei Yang and Wei Bi and Chenxi Sun and Renren Jin and Deyi Xiong},",
+            "    year         = 2026,",
+            "    eprint       = {arXiv:2601.21476},",
+            "}",
+        ]
+    ),
 }
 
 

@@ -36,8 +36,8 @@ def completion_text(completion) -> str:
 def math_is_correct(response: str, gold: str) -> bool | None:
     """Whether the final answer of ``response`` equals ``gold`` (math-verify); None if ``gold`` cannot be parsed.
 
-    The reference is parsed as written (plain ``34`` or LaTeX ``\\frac{1}{3}``); the response's answer is extracted with
-    ``\\boxed{}`` taking priority, as in the paper's verifier.
+    The reference is parsed as written (plain ``34`` or LaTeX ``\\frac{1}{3}``); the response's answer is extracted
+    with ``\\boxed{}`` taking priority, as in the paper's verifier.
     """
     NormalizationConfig, LatexExtractionConfig, parse, verify = _math_verify()
     # math-verify's timeouts use signal.alarm, which only works in the main thread.

@@ -3,10 +3,10 @@
 Nothing is downloaded. Models are random-init, built from their transformers config classes with the sizes of
 TRL's own generator scripts (`scripts/generate_tiny_models/` in the TRL repository: hidden size 8, 4 heads, 2 KV
 heads, 2 layers, intermediate 32; 16 for sequence classifiers), initialised like TRL's `init_weights_tiny_model` and
-saved in float32 by default (upstream saves bfloat16; `--dtype bfloat16` does too, see `build_all`). They are written in the Hugging Face Hub cache layout
-(`<hub_cache>/models--trl-internal-testing--<name>/snapshots/<rev>/`), so with `HF_HUB_OFFLINE=1` and
-`HF_HUB_CACHE=<hub_cache>` every `from_pretrained("trl-internal-testing/...")` (config, tokenizer, processor,
-generation config, remote code) resolves locally without any monkeypatching.
+saved in float32 by default (upstream saves bfloat16; `--dtype bfloat16` does too, see `build_all`). They are written
+in the Hugging Face Hub cache layout (`<hub_cache>/models--trl-internal-testing--<name>/snapshots/<rev>/`), so with
+`HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=<hub_cache>` every `from_pretrained("trl-internal-testing/...")` (config,
+tokenizer, processor, generation config, remote code) resolves locally without any monkeypatching.
 
 Tokenizers: a byte-level BPE vocabulary (about 900 merges trained on the zen prompts and the chat templates' fixed
 text, so prompts are about as many tokens as with the real tokenizers; every id decodes), laid out like the real
@@ -168,7 +168,7 @@ def bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
 def _filler_words():

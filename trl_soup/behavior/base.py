@@ -61,3 +61,4 @@ class BehaviorBackend(ABC):
     def clean_saved_model(self, output_dir: str) -> None:
         """Remove from a saved model folder what the backend put there that is not the trained model (called after
         every save; default: nothing)."""
+        return None

@@ -58,9 +58,9 @@ def is_zero3(accelerator) -> bool:
 def gathered(tensors, enabled: bool, modifier_rank: int | None = None):
     """All-gather ZeRO-3 partitioned ``tensors`` for the duration of the block (a collective: every rank must enter).
 
-    With ``modifier_rank`` set, what that rank writes into the gathered tensors is broadcast and re-partitioned on exit;
-    without it, writes are dropped. Tensors that are not ZeRO-3 parameters (buffers, persistent small parameters, any
-    tensor when ``enabled`` is False) are left alone.
+    With ``modifier_rank`` set, what that rank writes into the gathered tensors is broadcast and re-partitioned on
+    exit; without it, writes are dropped. Tensors that are not ZeRO-3 parameters (buffers, persistent small parameters,
+    any tensor when ``enabled`` is False) are left alone.
     """
     if not enabled:
         return nullcontext()
@@ -187,7 +187,8 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
 
 
 def adapter_twin_name(name: str, adapter: str, twin: str) -> str | None:
-    """The name of ``twin``'s copy of the PEFT tensor ``name`` of ``adapter``, or None if ``name`` is not ``adapter``'s.
+    """The name of ``twin``'s copy of the PEFT tensor ``name`` of ``adapter``, or None if ``name`` is not
+    ``adapter``'s.
 
     PEFT puts the adapter name as one component of the tensor name, in the middle (``...lora_A.default.weight``,
     ``...lora_magnitude_vector.default.weight``, ``lm_head.modules_to_save.default.weight``) or at the end
@@ -244,7 +245,8 @@ def eval_mode(module: torch.nn.Module):
 
 
 def cast_output_head_to_fp32(model) -> None:
-    """Give a fresh copy of the learner TRL's ``cast_lm_head_to_fp32``: a float32 output head fed float32 hidden states.
+    """Give a fresh copy of the learner TRL's ``cast_lm_head_to_fp32``: a float32 output head fed float32 hidden
+    states.
 
     TRL casts the learner's head when the trainer is built and patches its forward on the instance, so a model rebuilt
     from the learner's config and weights does not inherit it (its head would get float32 weights and bf16 inputs). A
@@ -514,8 +516,8 @@ class LocalBehaviorBackend(BehaviorBackend):
         generation_config.max_new_tokens = max_new_tokens
         generation_kwargs = {**trainer.generation_kwargs, "max_new_tokens": max_new_tokens}
         index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
-        # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it is
-        # drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
+        # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it
+        # is drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
         seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
         # Behavior log-probs and entropies come from the sampling forward passes themselves (no scoring forward),
         # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).

@@ -38,8 +38,8 @@ def check_reachable(base_url: str, timeout: float) -> None:
             raise BehaviorServerError(
                 f"Nothing answers at the behavior server address {base_url} (tried for {timeout:g} s, "
                 f"behavior_server_connect_timeout; {last_error}). Start the server first (`trl-soup serve-behavior "
-                "--model MODEL` or `python -m trl_soup.serve_behavior --model MODEL`), or set behavior_server_base_url "
-                "(or behavior_server_host / behavior_server_port) to its address."
+                "--model MODEL` or `python -m trl_soup.serve_behavior --model MODEL`), or set "
+                "behavior_server_base_url (or behavior_server_host / behavior_server_port) to its address."
             )
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 

@@ -197,8 +197,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         got = self.client.tokenize(self.served_model, probe)
         if got != expected:
             raise ValueError(
-                f"The behavior server at {self.base_url} serves {self.served_model!r}, whose tokenizer differs from the "
-                f"learner's (probe {probe!r}: server {got[:12]}..., learner {expected[:12]}...). Start the server "
+                f"The behavior server at {self.base_url} serves {self.served_model!r}, whose tokenizer differs from "
+                f"the learner's (probe {probe!r}: server {got[:12]}..., learner {expected[:12]}...). Start the server "
                 "from the learner's model."
             )
         config = (learner.get_base_model() if self.is_peft else learner).config
