@@ -20,11 +20,15 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # The kernel is this interpreter (ipykernel's own spec): the notebook sees the installed trl_soup.
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()
-    outputs = {i: "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
-               for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
+    outputs = {
+        i: "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        for i, cell in enumerate(notebook.cells)
+        if cell.cell_type == "code"
+    }
     summary = outputs[5]
     assert "reward " in summary and "relay batches of 16" in summary, summary
     first, last = (float(x.split()[0]) for x in summary.split("reward ")[1].split(" -> "))
