@@ -432,29 +432,15 @@ class LocalBehaviorBackend(BehaviorBackend):
             if for_generation and self._engine is not None:
                 # ZeRO-3: gather the whole copy for generation (as TRL does for the learner), so each rank decodes on
                 # its own; with ds3_gather_for_generation=False every decoding step gathers layer by layer instead.
-                with (
-                    unwrap_model_for_generation(
-                        self._engine,
-                        trainer.accelerator,
-                        gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                        generation_kwargs=generation_kwargs,
-                    ) as unwrapped,
-                    eval_mode(unwrapped),
-                ):
+                with self._unwrapped(self._engine, generation_kwargs) as unwrapped, eval_mode(unwrapped):
                     yield unwrapped
             else:
                 with eval_mode(self.snapshot):  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer
                     yield self.snapshot
             return
-
         if for_generation:
             with (
-                unwrap_model_for_generation(
-                    trainer.model_wrapped,
-                    trainer.accelerator,
-                    gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                    generation_kwargs=generation_kwargs,
-                ) as unwrapped,
+                self._unwrapped(trainer.model_wrapped, generation_kwargs) as unwrapped,
                 use_adapter(unwrapped, BEHAVIOR_ADAPTER),
                 eval_mode(unwrapped),
             ):
@@ -463,6 +449,14 @@ class LocalBehaviorBackend(BehaviorBackend):
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
             with use_adapter(unwrapped, BEHAVIOR_ADAPTER), eval_mode(unwrapped):
                 yield trainer.model
+
+    def _unwrapped(self, model, generation_kwargs: dict | None):
+        """TRL's ``unwrap_model_for_generation`` of ``model`` under the trainer's ZeRO-3 gathering setting."""
+        trainer = self.trainer
+        gather = trainer.args.ds3_gather_for_generation
+        return unwrap_model_for_generation(
+            model, trainer.accelerator, gather_deepspeed3_params=gather, generation_kwargs=generation_kwargs
+        )
 
     def _pad_prompts(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         trainer = self.trainer
