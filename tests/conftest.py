@@ -31,11 +31,10 @@ def make_model(tokenizer):
 
 @pytest.fixture
 def prompt_dataset():
-    from datasets import Dataset
+    """`build_prompt_dataset()`: 32 prompts of equal length."""
+    from testing_utils import build_prompt_dataset
 
-    # Prompts of equal length: no left padding, so an independent forward sees exactly the trainer's positions.
-    prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)][:32]
-    return Dataset.from_dict({"prompt": prompts})
+    return build_prompt_dataset()
 
 
 @pytest.fixture
@@ -44,14 +43,13 @@ def make_trainer(tokenizer, make_model, prompt_dataset):
     is `trainer_class(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=prompt_dataset,
     processing_class=tokenizer, **kwargs)`, with a fresh `make_model(seed=0)` for `model=None`; `kwargs` may replace
     the reward, data set or tokenizer and pass anything else the trainer class takes."""
-    from testing_utils import digit_share_reward
+    from testing_utils import toy_trainer
 
     from trl_soup import SOUPTrainer
 
     def make(args, model=None, trainer_class=SOUPTrainer, **kwargs):
-        settings = dict(reward_funcs=digit_share_reward, train_dataset=prompt_dataset, processing_class=tokenizer)
-        settings.update(kwargs)
-        return trainer_class(model=make_model(seed=0) if model is None else model, args=args, **settings)
+        model = make_model(seed=0) if model is None else model
+        return toy_trainer(trainer_class, model, args, prompt_dataset, tokenizer, **kwargs)
 
     return make
 
@@ -60,23 +58,15 @@ def make_trainer(tokenizer, make_model, prompt_dataset):
 def trained(tmp_path_factory, tokenizer):
     """A SOUP relay batch and a GRPOTrainer on the same weights (tests/test_loss.py, test_grpo_options.py,
     test_old_logps_from_loss.py): `(soup, grpo, batch)`, one per module."""
-    from datasets import Dataset
-    from testing_utils import RecordingTrainer, digit_share_reward, soup_args
+    from testing_utils import RecordingTrainer, build_prompt_dataset, soup_args, toy_trainer
     from trl import GRPOConfig, GRPOTrainer
 
     from trl_soup.toy import build_tiny_model
 
     tmp_path = tmp_path_factory.mktemp("loss")
-    prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)][:32]
-    dataset = Dataset.from_dict({"prompt": prompts})
+    dataset = build_prompt_dataset()
     args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3)
-    soup = RecordingTrainer(
-        model=build_tiny_model(tokenizer, seed=0),
-        reward_funcs=digit_share_reward,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+    soup = toy_trainer(RecordingTrainer, build_tiny_model(tokenizer, seed=0), args, dataset, tokenizer)
     soup.train()
     grpo_args = GRPOConfig(
         **{
@@ -100,13 +90,7 @@ def trained(tmp_path_factory, tokenizer):
     )
     grpo_model = build_tiny_model(tokenizer, seed=0)
     grpo_model.load_state_dict(soup.model.state_dict())
-    grpo = GRPOTrainer(
-        model=grpo_model,
-        reward_funcs=digit_share_reward,
-        args=grpo_args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-    )
+    grpo = toy_trainer(GRPOTrainer, grpo_model, grpo_args, dataset, tokenizer)
     grpo.current_gradient_accumulation_steps = soup.current_gradient_accumulation_steps  # set by train() on soup
     soup.model.train()
     grpo.model.train()

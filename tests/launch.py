@@ -1,4 +1,5 @@
-"""Run a script under `accelerate launch` in a subprocess, as the multi-process tests do (helper, not a test)."""
+"""Run a repository script in a subprocess: plainly (`run_python`), or under `accelerate launch` as the multi-process
+tests do (`accelerate_launch`). Helpers, not a test."""
 
 from __future__ import annotations
 
@@ -13,6 +14,38 @@ from vllm_server import skip_if_kv_cache_refused
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = REPO / "recipes" / "accelerate_configs"
+QUIET = dict(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error")
+"""One thread per process, no tokenizer threads, no transformers warnings: what the multi-process runs set."""
+
+
+def repo_environment(**extra: str) -> dict[str, str]:
+    """`os.environ` with the repository first on PYTHONPATH and the Hugging Face hub offline, then `extra`."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "HF_HUB_OFFLINE": "1",
+        **extra,
+    }
+
+
+def run_python(
+    argv: list, *, timeout: int, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """`python argv...` (each item as `str`) in a subprocess with `repo_environment(**env)`, both streams captured as
+    text; the exit status is the caller's to check."""
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        cwd=cwd,
+        env=repo_environment(**(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def launcher(config: str) -> list[str]:
+    """The `python` arguments that run a script under `accelerate launch` with recipes/accelerate_configs/<config>."""
+    return ["-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config)]
 
 
 def accelerate_launch(
@@ -28,26 +61,10 @@ def accelerate_launch(
     """`accelerate launch --config_file recipes/accelerate_configs/<config> script args...` with the repository on
     PYTHONPATH and one thread per process; fails the test with the tail of both streams if it times out or exits
     non-zero."""
-    environment = dict(os.environ)
-    environment.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")])),
-        OMP_NUM_THREADS="1",
-        TOKENIZERS_PARALLELISM="false",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_VERBOSITY="error",
-        **(env or {}),
-    )
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / config),
-        str(script),
-        *args,
-    ]
     try:
-        process = subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout)
+        process = run_python(
+            [*launcher(config), script, *args], cwd=cwd, env={**QUIET, **(env or {})}, timeout=timeout
+        )
     except subprocess.TimeoutExpired as error:
         pytest.fail(
             f"{what} timed out after {timeout} s (a collective out of step hangs).\n"

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from launch import REPO, run_python
 
-ROOT = Path(__file__).resolve().parents[1]
+BENCHMARK = REPO / "benchmarks" / "soup_vs_grpo.py"
 
 
 def test_benchmark_reports_ratios(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
+    result = run_python(
         [
-            sys.executable,
-            str(ROOT / "benchmarks" / "soup_vs_grpo.py"),
+            BENCHMARK,
             "--steps",
             "3",
             "--warmup",
@@ -33,11 +28,8 @@ def test_benchmark_reports_ratios(tmp_path):
             "--trainer_cpus",
             "0",
             "--output_dir",
-            str(tmp_path),
+            tmp_path,
         ],
-        capture_output=True,
-        text=True,
-        env=env,
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,21 +62,7 @@ def test_benchmark_reports_ratios(tmp_path):
 
 
 def test_benchmark_refuses_prefetch_with_local_backend(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "soup_vs_grpo.py"),
-            "--prefetch",
-            "1",
-            "--output_dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = run_python([BENCHMARK, "--prefetch", "1", "--output_dir", tmp_path], timeout=120)
     assert result.returncode == 2 and "--prefetch needs --mode vllm_server" in result.stderr
 
 
@@ -93,12 +71,5 @@ def test_benchmark_gpu_mode_needs_cuda(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: --mode gpu runs")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soup_vs_grpo.py"), "--mode", "gpu", "--output_dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    result = run_python([BENCHMARK, "--mode", "gpu", "--output_dir", tmp_path], timeout=120)
     assert result.returncode == 2 and "--mode gpu needs a CUDA GPU" in result.stderr

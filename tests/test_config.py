@@ -11,6 +11,7 @@ import re
 
 import pytest
 import trl
+from testing_utils import SEQUENCE_LEVEL_OPTIONS
 from transformers import HfArgumentParser
 from trl import GRPOConfig
 
@@ -223,15 +224,7 @@ def test_behavior_server_fields_refused(tmp_path, field, value, allowed):
 # ------------------------------------------------------------------------------------------------ GRPO options
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        dict(importance_sampling_level="sequence"),
-        dict(loss_type="luspo", importance_sampling_level="sequence"),
-        dict(loss_type="vespo"),
-        dict(off_policy_mask_threshold=0.5),
-    ],
-)
+@pytest.mark.parametrize("settings", SEQUENCE_LEVEL_OPTIONS)
 def test_sequence_level_options_accepted(tmp_path, settings):
     """Defined with the mixed denominator of Eq. 5 (docs/equations.md); their loss is tested in test_grpo_options."""
     config = make_config(tmp_path, **settings)
@@ -461,12 +454,9 @@ def test_help_of_every_field_renders():
 @pytest.mark.slow
 @pytest.mark.parametrize("recipe", ["soup_toy.py", "soup_math.py"])
 def test_recipe_help_exits_0(recipe):
-    import subprocess
-    import sys
-    from pathlib import Path
+    from launch import REPO, run_python
 
-    script = Path(__file__).resolve().parents[1] / "recipes" / recipe
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=300)
+    done = run_python([REPO / "recipes" / recipe, "--help"], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "--behavior_refresh_interval" in done.stdout
 

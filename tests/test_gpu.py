@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testing_utils import RecordingTrainer, learner_probe_logps, probe_logps, reference_logps, require_vllm, soup_args
+from testing_utils import (
+    RecordingTrainer,
+    batch_reference_logps,
+    learner_probe_logps,
+    probe_logps,
+    require_vllm,
+    soup_args,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -39,14 +46,7 @@ def test_bf16_relay_batches_match_an_independent_bf16_forward(tmp_path, make_mod
     reference = make_model(seed=0).to(torch.bfloat16).cuda()
     reference.load_state_dict(snapshots[-1])
     batch = trainer.batches[-1]
-    ref, _ = reference_logps(
-        reference,
-        batch["prompt_ids"],
-        batch["prompt_mask"],
-        batch["completion_ids"],
-        batch["completion_mask"],
-        args.temperature,
-    )
+    ref, _ = batch_reference_logps(reference, batch, args.temperature)
     prefix = batch["prefix_mask"].bool()
     assert prefix.any()
     torch.testing.assert_close(

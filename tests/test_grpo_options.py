@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from testing_utils import soup_args
+from testing_utils import SEQUENCE_LEVEL_OPTIONS, soup_args
 
 from trl_soup import SOUPConfig
 from trl_soup.config import LOSS_TYPES
@@ -107,16 +107,7 @@ def test_sequence_level_dapo_loss_by_hand(trained):
     torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [
-        dict(importance_sampling_level="sequence"),
-        dict(loss_type="luspo", importance_sampling_level="sequence"),
-        dict(loss_type="vespo"),
-        dict(off_policy_mask_threshold=0.5),
-        dict(cast_lm_head_to_fp32=True),
-    ],
-)
+@pytest.mark.parametrize("settings", [*SEQUENCE_LEVEL_OPTIONS, dict(cast_lm_head_to_fp32=True)])
 @pytest.mark.parametrize("refresh_interval", [1, 2])
 def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, make_trainer):
     """Accepted by SOUPConfig and SOUPTrainer at T = 1 (plain DAPO, as GRPOTrainer) and on relay batches."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testing_utils import reference_logps
+from testing_utils import batch_reference_logps
 
 from trl_soup.core import dapo_token_loss
 
@@ -39,14 +39,7 @@ def test_relay_loss_is_eq1_with_mixed_ratio(trained, make_model):
     current = make_model(seed=5)
     current.load_state_dict(dict(soup.model.state_dict().items()))
     current.eval()
-    per_token_logps, _ = reference_logps(
-        current,
-        batch["prompt_ids"],
-        batch["prompt_mask"],
-        batch["completion_ids"],
-        batch["completion_mask"],
-        soup.args.temperature,
-    )
+    per_token_logps, _ = batch_reference_logps(current, batch, soup.args.temperature)
     expected = dapo_token_loss(
         per_token_logps,
         batch["old_per_token_logps"],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testing_utils import RecordingTrainer, reference_logps, soup_args
+from testing_utils import RecordingTrainer, batch_reference_logps, soup_args
 
 from trl_soup.core import mixed_old_per_token_logps
 
@@ -28,14 +28,7 @@ def test_deferred_denominator_gives_the_explicit_eq5_loss(trained):
     soup, _, batch = trained
     soup.model.train()
     # pi_old when generation and optimisation are aligned: the learner as it is now, scored independently.
-    current_logps, _ = reference_logps(
-        soup.model,
-        batch["prompt_ids"],
-        batch["prompt_mask"],
-        batch["completion_ids"],
-        batch["completion_mask"],
-        soup.args.temperature,
-    )
+    current_logps, _ = batch_reference_logps(soup.model, batch, soup.args.temperature)
     explicit = {**batch, "old_per_token_logps": current_logps}
     deferred = {**batch, "old_per_token_logps": None}
     saved = soup.args.old_logps_from_loss_forward

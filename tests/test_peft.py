@@ -7,7 +7,7 @@ import torch
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from testing_utils import RecordingTrainer, reference_logps, soup_args  # noqa: E402
+from testing_utils import RecordingTrainer, batch_reference_logps, soup_args  # noqa: E402
 
 from trl_soup.behavior.local import BEHAVIOR_ADAPTER  # noqa: E402
 
@@ -66,8 +66,6 @@ def test_peft_behavior_adapter(tmp_path, make_model, make_trainer):
                 param.copy_(relay["behavior"][name.replace(".default.", f".{BEHAVIOR_ADAPTER}.")])
     independent.eval()
     b = relay["batch"]
-    ref, _ = reference_logps(
-        independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], args.temperature
-    )
+    ref, _ = batch_reference_logps(independent, b, args.temperature)
     prefix = b["prefix_mask"].bool()
     torch.testing.assert_close(b["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)

@@ -5,16 +5,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from launch import REPO, run_python
 
 
 def _load():
     spec = importlib.util.spec_from_file_location(
-        "plot_position_statistics", ROOT / "recipes" / "plot_position_statistics.py"
+        "plot_position_statistics", REPO / "recipes" / "plot_position_statistics.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -46,19 +43,8 @@ def test_plot_writes_png(tmp_path):
     state = tmp_path / "trainer_state.json"
     state.write_text(json.dumps({"log_history": _history()}))
     out = tmp_path / "fig5.png"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "recipes" / "plot_position_statistics.py"),
-            str(state),
-            "--labels",
-            "SOUP",
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = run_python(
+        [REPO / "recipes" / "plot_position_statistics.py", state, "--labels", "SOUP", "--output", out], timeout=120
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

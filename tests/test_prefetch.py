@@ -14,7 +14,7 @@ import threading
 
 import pytest
 import torch
-from testing_utils import RecordingTrainer, digit_share_reward, require_vllm, soup_args
+from testing_utils import RecordingTrainer, digit_share_reward, require_vllm, server_args, soup_args
 from vllm_server import start_vllm_server
 
 from trl_soup import SOUPConfig
@@ -175,20 +175,12 @@ BATCH_KEYS = (
 )
 
 
-def _server_settings(tmp_path, url, **overrides):
-    settings = dict(
-        behavior_backend="vllm_server",
-        behavior_server_base_url=str(url),
-        behavior_refresh_interval=4,
-        max_steps=6,
-        behavior_refresh_dir=str(tmp_path / "refresh"),
-    )
-    settings.update(overrides)
-    return settings
+def _server_args(tmp_path, url, **overrides):
+    return server_args(tmp_path, url, **{"behavior_refresh_interval": 4, "max_steps": 6, **overrides})
 
 
 def _train(tmp_path, name, url, make_trainer, resume=None, **overrides):
-    args = soup_args(tmp_path / name, **_server_settings(tmp_path / name, url, **overrides))
+    args = _server_args(tmp_path / name, url, **overrides)
     trainer = make_trainer(args, trainer_class=RecordingTrainer, batch_keys=BATCH_KEYS)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
@@ -264,7 +256,7 @@ def test_no_prefetch_thread_outlives_train(tmp_path, server, make_trainer):
             raise RuntimeError("reward service down")
         return digit_share_reward(prompts, completions)
 
-    args = soup_args(tmp_path, **_server_settings(tmp_path, server, behavior_prefetch=2))
+    args = _server_args(tmp_path, server, behavior_prefetch=2)
     trainer = make_trainer(args, reward_funcs=failing_reward)
     with pytest.raises(RuntimeError, match="reward service down"):
         trainer.train()

@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from launch import REPO, run_python
 
 
 def test_soup_toy_recipe_runs(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
+    result = run_python(
         [
-            sys.executable,
-            str(ROOT / "recipes" / "soup_toy.py"),
+            REPO / "recipes" / "soup_toy.py",
             "--max_steps",
             "4",
             "--behavior_refresh_interval",
             "2",
             "--output_dir",
-            str(tmp_path / "out"),
+            tmp_path / "out",
             "--num_prompts",
             "32",
         ],
-        capture_output=True,
-        text=True,
-        env=env,
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]

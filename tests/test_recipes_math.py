@@ -6,13 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import QUIET, launcher, run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "soup_math.py"
@@ -217,25 +216,19 @@ def tiny_setup(tmp_path_factory):
     return root
 
 
-def _run(tiny_setup, name, extra, launcher=(), per_device_batch=8):
+def _run(tiny_setup, name, extra, accelerate_config=None, per_device_batch=8):
+    """The recipe on the tiny setup (under `accelerate launch` with `accelerate_config` if given), checked to have
+    trained MAX_STEPS steps on a 0/1 reward and saved the model; returns (reward logs, saved args, stdout)."""
     out = tiny_setup / name
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "TRANSFORMERS_VERBOSITY": "error",
-    }
     command = [
-        sys.executable, *launcher, str(RECIPE),
+        *(launcher(accelerate_config) if accelerate_config else []), RECIPE,
         "--model_name_or_path", str(tiny_setup / "model"), "--dataset_name", str(tiny_setup / "data.jsonl"),
         "--output_dir", str(out), "--max_steps", str(MAX_STEPS),
         "--per_device_train_batch_size", str(per_device_batch),
         "--num_generations", "4", "--max_completion_length", "8", "--logging_steps", "1", "--save_strategy", "no",
         "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--seed", "0", *extra,
     ]  # fmt: skip
-    result = subprocess.run(command, cwd=tiny_setup, env=env, capture_output=True, text=True, timeout=600)
+    result = run_python(command, cwd=tiny_setup, env=QUIET, timeout=600)
     assert result.returncode == 0, f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-6000:]}"
     with open(out / "trainer_state.json") as f:
         logs = [h for h in json.load(f)["log_history"] if "reward" in h]
@@ -275,22 +268,17 @@ def test_grpo_baseline_end_to_end(tiny_setup):
     assert "trainer=grpo" in stdout
 
 
+def _run_two_process(tiny_setup, name):
+    """`_run` of SOUP at T = REFRESH_INTERVAL in 2 processes of 4 per device, under `accelerate launch` with
+    recipes/accelerate_configs/cpu_<name>.yaml, into <tiny_setup>/<name>."""
+    extra = ["--behavior_refresh_interval", str(REFRESH_INTERVAL)]
+    return _run(tiny_setup, name, extra, accelerate_config=f"cpu_{name}.yaml", per_device_batch=4)
+
+
 @pytest.mark.slow
 def test_soup_recipe_two_process_ddp(tiny_setup):
     """accelerate launch with recipes/accelerate_configs/cpu_ddp.yaml (2 gloo processes; the run passes --use_cpu)."""
-    launcher = (
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "recipes" / "accelerate_configs" / "cpu_ddp.yaml"),
-    )
-    logs, args, _ = _run(
-        tiny_setup,
-        "ddp",
-        ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
-        launcher=launcher,
-        per_device_batch=4,
-    )
+    logs, args, _ = _run_two_process(tiny_setup, "ddp")
     _check_relay_schedule(logs)
     # 4 completions per rank and step, 2 ranks: 8 completions of 4 samples = 2 prompts per step over both ranks
     assert args.generation_batch_size == 8  # per_device 4 x 2 processes x 1 step per generation: both ranks counted
@@ -303,19 +291,7 @@ def test_soup_recipe_two_process_zero3(tiny_setup):
     Partitioning itself is checked inside the run by tests/test_zero3.py."""
     from safetensors.torch import load_file
 
-    launcher = (
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ROOT / "recipes" / "accelerate_configs" / "cpu_zero3.yaml"),
-    )
-    logs, args, _ = _run(
-        tiny_setup,
-        "zero3",
-        ["--behavior_refresh_interval", str(REFRESH_INTERVAL)],
-        launcher=launcher,
-        per_device_batch=4,
-    )
+    logs, args, _ = _run_two_process(tiny_setup, "zero3")
     _check_relay_schedule(logs)
     assert args.generation_batch_size == 8  # both ranks counted
     saved = load_file(tiny_setup / "zero3" / "model.safetensors")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from testing_utils import RecordingTrainer, reference_logps, soup_args
+from testing_utils import RecordingTrainer, batch_reference_logps, reference_logps, soup_args
 
 from trl_soup import register_prefix_strategy
 from trl_soup.core import truncate_by_ratio
@@ -101,12 +101,8 @@ def test_behavior_and_old_logps_are_exact(relay_run, make_model):
         b = r["batch"]
         snapshot = _model_with(make_model, r["snapshot"])
         learner = _model_with(make_model, r["learner"])
-        ref_behavior, _ = reference_logps(
-            snapshot, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], temperature
-        )
-        ref_old, _ = reference_logps(
-            learner, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], temperature
-        )
+        ref_behavior, _ = batch_reference_logps(snapshot, b, temperature)
+        ref_old, _ = batch_reference_logps(learner, b, temperature)
         prefix = b["prefix_mask"].bool()
         torch.testing.assert_close(b["behavior_per_token_logps"][prefix], ref_behavior[prefix], atol=1e-5, rtol=1e-5)
         assert torch.all(b["behavior_per_token_logps"][~prefix] == 0)
@@ -215,9 +211,7 @@ def test_tied_embeddings_snapshot(tmp_path, make_model, make_trainer):
     independent = make_model(seed=9, tie_word_embeddings=True)
     independent.load_state_dict(record["snapshot"])
     independent.eval()
-    ref, _ = reference_logps(
-        independent, b["prompt_ids"], b["prompt_mask"], b["completion_ids"], b["completion_mask"], args.temperature
-    )
+    ref, _ = batch_reference_logps(independent, b, args.temperature)
     prefix = b["prefix_mask"].bool()
     torch.testing.assert_close(b["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)
     # Two optimizer steps later, the learner's tied head has moved away from the snapshot's.
@@ -254,14 +248,7 @@ def test_fixed_budget_prefix_decodes_only_what_it_keeps(tmp_path, tokenizer, mak
             assert len(row) > len(behavior_ids) or len(row) == args.max_completion_length
     # Exact behavior log-probs on the prefix, as for full responses.
     snapshot = _model_with(make_model, record["snapshot"])
-    ref, _ = reference_logps(
-        snapshot,
-        batch["prompt_ids"],
-        batch["prompt_mask"],
-        batch["completion_ids"],
-        batch["completion_mask"],
-        args.temperature,
-    )
+    ref, _ = batch_reference_logps(snapshot, batch, args.temperature)
     prefix = batch["prefix_mask"].bool()
     torch.testing.assert_close(batch["behavior_per_token_logps"][prefix], ref[prefix], atol=1e-5, rtol=1e-5)
 

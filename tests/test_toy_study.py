@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from launch import REPO, run_python
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -23,11 +18,9 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
 
 @pytest.mark.slow
 def test_toy_study_small(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    result = run_python(
         [
-            sys.executable,
-            str(ROOT / "recipes" / "toy_study.py"),
+            REPO / "recipes" / "toy_study.py",
             "--settings",
             "dapo",
             "soup_r0.5_T4",
@@ -40,11 +33,9 @@ def test_toy_study_small(tmp_path):
             "--eval_samples",
             "4",
             "--output_dir",
-            str(tmp_path),
+            tmp_path,
         ],
-        capture_output=True,
-        text=True,
-        env=env,
+        env={"OMP_NUM_THREADS": "1"},
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]

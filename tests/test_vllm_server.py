@@ -12,11 +12,11 @@ import pytest
 import torch
 from testing_utils import (
     RecordingTrainer,
+    batch_reference_logps,
     learner_probe_logps,
     probe_logps,
-    reference_logps,
     require_vllm,
-    soup_args,
+    server_args,
 )
 from vllm_server import start_vllm_server
 
@@ -108,14 +108,7 @@ def _check_relay_run(trainer, tokenizer, make_learner):
                 assert row[:k] == behavior_ids[:k]
             # Prefix log-probs are the server's sampling log-probs: pi_behavior = the learner at the refresh.
             snapshot = make_learner(refreshed["learner_state"])
-            ref, _ = reference_logps(
-                snapshot,
-                batch["prompt_ids"],
-                batch["prompt_mask"],
-                batch["completion_ids"],
-                batch["completion_mask"],
-                trainer.args.temperature,
-            )
+            ref, _ = batch_reference_logps(snapshot, batch, trainer.args.temperature)
             prefix = batch["prefix_mask"].bool()
             assert prefix.any()
             assert (batch["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE
@@ -123,16 +116,9 @@ def _check_relay_run(trainer, tokenizer, make_learner):
 
 
 def _server_args(tmp_path, url, **overrides):
-    settings = dict(
-        behavior_backend="vllm_server",
-        behavior_server_base_url=str(url),
-        behavior_refresh_interval=2,
-        max_steps=4,
-        behavior_refresh_dir=str(tmp_path / "refresh"),
-        learning_rate=5e-3,
+    return server_args(
+        tmp_path, url, **{"behavior_refresh_interval": 2, "max_steps": 4, "learning_rate": 5e-3, **overrides}
     )
-    settings.update(overrides)
-    return soup_args(tmp_path, **settings)
 
 
 def test_disk_refresh_relay_full_model(tmp_path, tokenizer, server, make_trainer):
@@ -404,7 +390,5 @@ def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, tokenizer, server, ma
     log_ratio = relay["old_per_token_logps"][prefix] - relay["behavior_per_token_logps"][prefix]
     assert log_ratio.abs().max().item() < TOLERANCE, (log_ratio.abs().max().item(), log_ratio.mean().item())
     reference = _fresh_copy(trainer.accelerator.unwrap_model(trainer.model), tokenizer)
-    ref, _ = reference_logps(
-        reference, relay["prompt_ids"], relay["prompt_mask"], relay["completion_ids"], relay["completion_mask"], 1.0
-    )
+    ref, _ = batch_reference_logps(reference, relay, 1.0)
     assert (relay["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE

@@ -6,7 +6,12 @@ multi-process scripts under tests/scripts/ through tests/scripts/common.py, whic
 
 - ``TEST_DEFAULTS`` / ``SCRIPT_DEFAULTS``: the SOUPConfig every test starts from (``soup_args``) and the one the
   multi-process scripts start from (``script_args``): one base dict plus the script's explicit overrides.
-- ``digit_share_reward``, ``reference_logps``: a cheap reward and an independent scoring forward.
+- ``server_args``: ``soup_args`` for a run against a behavior server.
+- ``SEQUENCE_LEVEL_OPTIONS``: the GRPO options defined with the mixed denominator of Eq. 5 (docs/equations.md).
+- ``digit_share_reward``, ``reference_logps``, ``batch_reference_logps``: a cheap reward and an independent scoring
+  forward (of a trainer batch's tensors).
+- ``build_prompt_dataset``, ``toy_trainer``: the prompt set of the tests and a trainer on it (the ``prompt_dataset``
+  and ``make_trainer`` fixtures, the module-scoped ``trained``, the multi-process scripts).
 - ``RecordingTrainer``: a SOUPTrainer that records every generation batch.
 - ``PROBE``, ``probe_logps``, ``learner_probe_logps``: the fixed sequence a behavior server is scored on.
 - ``require_vllm``: the one marker for tests that need vLLM (built on first use, see ``__getattr__``).
@@ -22,14 +27,19 @@ from trl_soup import SOUPConfig, SOUPTrainer
 __all__ = [  # and require_vllm, built on first use
     "PROBE",
     "SCRIPT_DEFAULTS",
+    "SEQUENCE_LEVEL_OPTIONS",
     "TEST_DEFAULTS",
     "RecordingTrainer",
+    "batch_reference_logps",
+    "build_prompt_dataset",
     "digit_share_reward",
     "learner_probe_logps",
     "probe_logps",
     "reference_logps",
     "script_args",
+    "server_args",
     "soup_args",
+    "toy_trainer",
 ]
 
 TEST_DEFAULTS = dict(
@@ -64,6 +74,27 @@ def soup_args(tmp_path, **overrides) -> SOUPConfig:
     return SOUPConfig(output_dir=str(tmp_path / "out"), **{**TEST_DEFAULTS, **overrides})
 
 
+def server_args(tmp_path, url, **overrides) -> SOUPConfig:
+    """``soup_args`` of a run whose behavior copy is the vLLM server at ``url``, refreshed through
+    ``tmp_path / "refresh"``; ``overrides`` applied."""
+    settings = dict(
+        behavior_backend="vllm_server",
+        behavior_server_base_url=str(url),
+        behavior_refresh_dir=str(tmp_path / "refresh"),
+    )
+    return soup_args(tmp_path, **{**settings, **overrides})
+
+
+SEQUENCE_LEVEL_OPTIONS = [
+    dict(importance_sampling_level="sequence"),
+    dict(loss_type="luspo", importance_sampling_level="sequence"),
+    dict(loss_type="vespo"),
+    dict(off_policy_mask_threshold=0.5),
+]
+"""GRPO options defined with the mixed denominator of Eq. 5 (docs/equations.md): accepted by SOUPConfig
+(test_config.py), their loss and training tested in test_grpo_options.py."""
+
+
 def script_args(output_dir: str, **overrides) -> SOUPConfig:
     """``SOUPConfig(output_dir, **SCRIPT_DEFAULTS)`` with ``overrides`` applied."""
     return SOUPConfig(output_dir=output_dir, **{**SCRIPT_DEFAULTS, **overrides})
@@ -72,6 +103,22 @@ def script_args(output_dir: str, **overrides) -> SOUPConfig:
 def digit_share_reward(prompts, completions, **kwargs):
     """A cheap dense reward with spread even for a random model: the share of digits in the completion."""
     return [sum(ch.isdigit() for ch in c) / max(1, len(c)) for c in completions]
+
+
+def build_prompt_dataset():
+    """32 "a+b=" prompts of equal length: no left padding, so an independent forward sees exactly the trainer's
+    positions."""
+    from datasets import Dataset
+
+    prompts = [f"{a}+{b}=" for a in range(1, 10) for b in range(1, 10)][:32]
+    return Dataset.from_dict({"prompt": prompts})
+
+
+def toy_trainer(trainer_class, model, args, dataset, tokenizer, **kwargs):
+    """``trainer_class(model=model, reward_funcs=digit_share_reward, args=args, train_dataset=dataset,
+    processing_class=tokenizer, **kwargs)``; ``kwargs`` may replace the reward, data set or tokenizer."""
+    settings = dict(reward_funcs=digit_share_reward, train_dataset=dataset, processing_class=tokenizer)
+    return trainer_class(model=model, args=args, **{**settings, **kwargs})
 
 
 def reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_mask, temperature):
@@ -86,6 +133,18 @@ def reference_logps(model, prompt_ids, prompt_mask, completion_ids, completion_m
         probs = logps.exp()
         entropy = -(probs * logps).sum(-1)
     return per_token, entropy
+
+
+def batch_reference_logps(model, batch, temperature):
+    """``reference_logps`` of ``model`` on a trainer batch's prompt and completion ids and masks."""
+    return reference_logps(
+        model,
+        batch["prompt_ids"],
+        batch["prompt_mask"],
+        batch["completion_ids"],
+        batch["completion_mask"],
+        temperature,
+    )
 
 
 class RecordingTrainer(SOUPTrainer):

@@ -1,6 +1,6 @@
 """What the multi-process test scripts share (imported from the script's own folder, which `accelerate launch` puts
 first on sys.path): the test helpers of tests/testing_utils.py (this module puts tests/ on sys.path for them), a
-summary of a recorded batch, and the per-rank result files and exit of a run."""
+trainer on the toy task, a summary of a recorded batch, and the per-rank result files and exit of a run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TESTS_DIR not in sys.path:
     sys.path.insert(1, TESTS_DIR)  # after the script's folder, as pytest puts it for the test files
 
-from testing_utils import RecordingTrainer, learner_probe_logps, probe_logps, reference_logps, script_args  # noqa: E402
+from testing_utils import (  # noqa: E402
+    RecordingTrainer,
+    learner_probe_logps,
+    probe_logps,
+    reference_logps,
+    script_args,
+    toy_trainer,
+)
+
+from trl_soup.toy import char_match_reward  # noqa: E402
 
 __all__ = [
     "RecordingTrainer",
@@ -26,8 +35,15 @@ __all__ = [
     "rank_result_path",
     "reference_logps",
     "script_args",
+    "script_trainer",
     "write_json",
 ]
+
+
+def script_trainer(model, args, dataset, tokenizer, trainer_class=RecordingTrainer, **kwargs):
+    """A `trainer_class` (by default a `RecordingTrainer`) on the toy task of the scripts: `toy_trainer` with
+    `char_match_reward` as the reward."""
+    return toy_trainer(trainer_class, model, args, dataset, tokenizer, reward_funcs=char_match_reward, **kwargs)
 
 
 def batch_summary(record: dict) -> dict:

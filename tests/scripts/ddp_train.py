@@ -25,9 +25,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from common import RecordingTrainer, batch_summary, end_run, rank_result_path, script_args, write_json  # noqa: E402
+from common import batch_summary, end_run, rank_result_path, script_args, script_trainer, write_json  # noqa: E402
 
-from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
+from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer  # noqa: E402
 
 MAX_STEPS = 6
 REFRESH_INTERVAL = 3
@@ -62,14 +62,7 @@ def main(result_path: str) -> int:
     dataset = build_dataset(64, seed=0)
     output_dir = os.path.join(os.path.dirname(os.path.abspath(result_path)), "ddp_out")
     args = script_args(output_dir, max_steps=MAX_STEPS, behavior_refresh_interval=REFRESH_INTERVAL, prefix_ratio=0.5)
-    trainer = RecordingTrainer(
-        model=model,
-        reward_funcs=char_match_reward,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        training_only=True,
-    )
+    trainer = script_trainer(model, args, dataset, tokenizer, training_only=True)
     accelerator = trainer.accelerator
     trainer.train()
 

@@ -30,9 +30,9 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
-from common import RecordingTrainer, script_args  # noqa: E402
+from common import RecordingTrainer, script_args, script_trainer  # noqa: E402
 
-from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward, save_toy_model  # noqa: E402
+from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, save_toy_model  # noqa: E402
 
 MAX_STEPS = 6
 REFRESH_INTERVAL = 3
@@ -120,13 +120,7 @@ def main(out_dir: str) -> int:
         vllm_max_model_length=128,
         # TRL's defaults for the correction: sequence_mask, upper bound 3.0
     )
-    trainer = ColocateRecordingTrainer(
-        model=model_dir,
-        reward_funcs=char_match_reward,
-        args=args,
-        train_dataset=build_dataset(64, seed=0),
-        processing_class=tokenizer,
-    )
+    trainer = script_trainer(model_dir, args, build_dataset(64, seed=0), tokenizer, ColocateRecordingTrainer)
     trainer.train()
     accelerator = trainer.accelerator
     torch.save(

@@ -38,11 +38,12 @@ from common import (  # noqa: E402
     rank_result_path,
     reference_logps,
     script_args,
+    script_trainer,
     write_json,
 )
 
 from trl_soup.behavior.local import SNAPSHOT_FILE  # noqa: E402
-from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer, char_match_reward  # noqa: E402
+from trl_soup.toy import build_dataset, build_tiny_model, build_tokenizer  # noqa: E402
 from trl_soup.trainer import SNAPSHOT_DIR  # noqa: E402
 
 MAX_STEPS = 6
@@ -146,9 +147,7 @@ def main(result_path: str) -> int:
         save_steps=SAVE_STEP,
         save_only_model=True,
     )
-    trainer = ZeRO3RecordingTrainer(
-        model=model, reward_funcs=char_match_reward, args=args, train_dataset=dataset, processing_class=tokenizer
-    )
+    trainer = script_trainer(model, args, dataset, tokenizer, ZeRO3RecordingTrainer)
     accelerator = trainer.accelerator
     if accelerator.process_index == 1:
         # Rank 1 keeps whole behavior responses, so none of its rows needs a continuation while rank 0's do: the

@@ -21,10 +21,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import deepspeed  # noqa: E402
 import torch  # noqa: E402
-from common import learner_probe_logps, probe_logps, script_args  # noqa: E402
+from common import learner_probe_logps, probe_logps, script_args, script_trainer  # noqa: E402
 
 from trl_soup import SOUPTrainer  # noqa: E402
-from trl_soup.toy import build_dataset, build_tokenizer, char_match_reward  # noqa: E402
+from trl_soup.toy import build_dataset, build_tokenizer  # noqa: E402
 
 
 def main(model_dir: str, url: str, result_path: str) -> int:
@@ -39,13 +39,7 @@ def main(model_dir: str, url: str, result_path: str) -> int:
         behavior_server_base_url=url,
         behavior_refresh_method="disk",
     )
-    trainer = SOUPTrainer(
-        model=model_dir,
-        reward_funcs=char_match_reward,
-        args=args,
-        train_dataset=build_dataset(32, seed=0),
-        processing_class=tokenizer,
-    )
+    trainer = script_trainer(model_dir, args, build_dataset(32, seed=0), tokenizer, SOUPTrainer)
     learner = trainer.accelerator.unwrap_model(trainer.model)
     partitioned = sum(1 for p in learner.parameters() if hasattr(p, "ds_numel") and p.data.numel() == 0)
     checks = []
