@@ -154,8 +154,17 @@ def test_loss_capture_fills_the_deferred_denominator_once():
 def test_soup_state_round_trip_and_refusals(tmp_path):
     SOUPState(generation_batch_index=5, behavior_refresh_interval=4, behavior_snapshot=True).save(str(tmp_path))
     raw = torch.load(tmp_path / SOUP_STATE_FILE, weights_only=True)
-    assert raw == {"generation_batch_index": 5, "behavior_refresh_interval": 4, "behavior_snapshot": True}
+    assert raw == {
+        "generation_batch_index": 5,
+        "behavior_refresh_interval": 4,
+        "behavior_snapshot": True,
+        "refresh_schedule": None,
+    }
     assert SOUPState.load(str(tmp_path), 4) == SOUPState(5, 4, True)
+    # A checkpoint of 0.1 (no refresh_schedule): its refreshes were at multiples of T.
+    assert SOUPState(5, 4, True).schedule().last_refresh == 4
+    assert SOUPState(8, 4, False).schedule().last_refresh == 4  # batch 8 refreshes (T reached)
+    assert SOUPState(0, 4, False).schedule().last_refresh is None
     with pytest.raises(ValueError, match="behavior_refresh_interval=4.*uses 8"):
         SOUPState.load(str(tmp_path), 8)
     with pytest.raises(FileNotFoundError, match="not written by SOUPTrainer"):
@@ -188,7 +197,9 @@ def test_prefetch_schedule_matches_a_simulation_of_the_iterator(every, step, cur
         if index // T != current // T or index >= total:
             break
         expected.append((index, offset))
-    assert prefetch_schedule(current, T, ahead, every, step, total) == expected
+    window_end = current // T * T + T  # the fixed policy's windows: [k T, (k + 1) T)
+    assert prefetch_schedule(current, window_end, ahead, every, step, total) == expected
+    assert prefetch_schedule(current, None, ahead, every, step, total) == []  # no window yet
 
 
 def test_segment_metrics_against_loops():
@@ -210,11 +221,14 @@ def test_segment_metrics_against_loops():
         assert metrics[f"soup/clip_ratio/{segment}"] == pytest.approx(sum(clipped) / len(cells))
         abs_mean = sum(abs(float(logps[c] - denominator[c])) for c in cells) / len(cells)
         assert metrics[f"soup/log_ratio/{segment}_abs_mean"] == pytest.approx(abs_mean, rel=1e-5)
+        kl = [math.exp(float(logps[c] - denominator[c])) - 1 - float(logps[c] - denominator[c]) for c in cells]
+        assert metrics[f"soup/kl/{segment}"] == pytest.approx(sum(kl) / len(cells), rel=1e-5)
         assert metrics[f"soup/entropy/{segment}"] == pytest.approx(
             sum(float(entropies[c]) for c in cells) / len(cells)
         )
     on_policy = segment_statistic_values(logps, None, advantages, None, 0.2, 0.28)
-    assert set(on_policy) == {"clip_ratio", "log_ratio"} and float(on_policy["log_ratio"].abs().max()) == 0.0
+    assert set(on_policy) == {"clip_ratio", "log_ratio", "kl"} and float(on_policy["log_ratio"].abs().max()) == 0.0
+    assert float(on_policy["kl"].abs().max()) == 0.0
     assert composition_metrics(composition_sums(prefix_mask, mask)) == {"soup/prefix_fraction": pytest.approx(5 / 12)}
 
 

@@ -14,14 +14,25 @@ _EXPORTS = {
     "SOUPTrainer": "trl_soup.trainer",
     "available_prefix_strategies": "trl_soup.truncation",
     "register_prefix_strategy": "trl_soup.truncation",
+    "available_refresh_policies": "trl_soup.refresh",
+    "register_refresh_policy": "trl_soup.refresh",
 }
 
 if TYPE_CHECKING:
     from .config import SOUPConfig
+    from .refresh import available_refresh_policies, register_refresh_policy
     from .trainer import SOUPTrainer
     from .truncation import available_prefix_strategies, register_prefix_strategy
 
-__all__ = ["SOUPConfig", "SOUPTrainer", "__version__", "available_prefix_strategies", "register_prefix_strategy"]
+__all__ = [
+    "SOUPConfig",
+    "SOUPTrainer",
+    "__version__",
+    "available_prefix_strategies",
+    "available_refresh_policies",
+    "register_prefix_strategy",
+    "register_refresh_policy",
+]
 
 
 def __getattr__(name: str):

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import torch
 from trl import GRPOConfig
 
+from .refresh import available_refresh_policies
 from .truncation import available_prefix_strategies
 
 # Backends for the behavior policy (trl_soup.behavior).
@@ -29,6 +30,7 @@ SERVER_FIELDS = (
     "prefix_entropy_logprobs",
 )
 STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
+REFRESH_POLICY_FIELDS = ("behavior_max_staleness", "behavior_refresh_min_interval")
 
 # TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
 # denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
@@ -65,6 +67,15 @@ class SOUPConfig(GRPOConfig):
             `"ratio"` and `"entropy"`, which ignore it.
         behavior_refresh_interval (`int`, *optional*, defaults to `8`):
             T: the behavior snapshot is refreshed from the learner every T generation batches. T = 1 is plain DAPO.
+        behavior_refresh_policy (`str`, *optional*, defaults to `"fixed"`):
+            `"fixed"`: every T batches. `"adaptive"`: also when the staleness of the last relay batch exceeds
+            `behavior_max_staleness`, within `[behavior_refresh_min_interval, T]` batches of the last refresh; or a
+            name registered with `trl_soup.register_refresh_policy`.
+        behavior_max_staleness (`float`, *optional*, defaults to `0.02`):
+            `"adaptive"`: the staleness (mean KL(pi_behavior || pi_theta) estimate per prefix token) that triggers a
+            refresh.
+        behavior_refresh_min_interval (`int`, *optional*, defaults to `2`):
+            Policies other than `"fixed"`: the fewest generation batches between two refreshes.
         behavior_backend (`str`, *optional*, defaults to `"local"`):
             Where the behavior policy runs. `"local"`: a frozen copy in the training process (a second adapter for
             PEFT models). `"vllm_server"`: a vLLM server of its own, configured by the `behavior_server_*` and
@@ -143,6 +154,31 @@ class SOUPConfig(GRPOConfig):
             "help": "T, in generation batches: the behavior snapshot is refreshed from the learner every T batches; "
             "the batch right after a refresh is on-policy and batches 2..T are relay batches (paper Sec. 3.2, "
             "ablation over T in {1, 2, 4, 8, 16}; best T = 8 for Qwen2.5-Math-7B). T = 1 is plain DAPO. Default 8."
+        },
+    )
+    behavior_refresh_policy: str = field(
+        default="fixed",
+        metadata={
+            "help": "When the behavior copy is refreshed (paper Sec. 4.3 asks for an automatic T): 'fixed' every "
+            "behavior_refresh_interval batches (the paper); 'adaptive' also once the last relay batch's staleness "
+            "(mean KL(pi_behavior || pi_theta) estimate per prefix token) exceeds behavior_max_staleness, never "
+            "sooner than behavior_refresh_min_interval batches after a refresh and never later than T; or a name "
+            "registered with trl_soup.register_refresh_policy. Default 'fixed'."
+        },
+    )
+    behavior_max_staleness: float = field(
+        default=0.02,
+        metadata={
+            "help": "behavior_refresh_policy='adaptive': refresh once the staleness of the last relay batch exceeds "
+            "this many nats per prefix token (paper Sec. 4.3; an estimate of KL(pi_behavior || pi_theta), "
+            "docs/equations.md). Default 0.02."
+        },
+    )
+    behavior_refresh_min_interval: int = field(
+        default=2,
+        metadata={
+            "help": "Policies other than 'fixed': no refresh sooner than this many generation batches after the last "
+            "one, so every window has at least one relay batch when it is 2 or more (paper Sec. 4.3). Default 2."
         },
     )
     behavior_backend: str = field(
@@ -300,6 +336,16 @@ class SOUPConfig(GRPOConfig):
         self._require_int(
             "behavior_refresh_interval", 1, note=" (T, in generation batches; 1 means plain on-policy DAPO)"
         )
+        policies = available_refresh_policies()
+        if self.behavior_refresh_policy not in policies:
+            raise ValueError(
+                f"behavior_refresh_policy={self.behavior_refresh_policy!r} is not a registered policy. Allowed "
+                f"values: {policies} (register more with trl_soup.register_refresh_policy)."
+            )
+        staleness = self.behavior_max_staleness
+        if isinstance(staleness, bool) or not isinstance(staleness, (int, float)) or not staleness >= 0:
+            raise ValueError(f"behavior_max_staleness={staleness!r} is invalid: it must be a number >= 0 (nats).")
+        self._require_int("behavior_refresh_min_interval", 1, note=" (generation batches; T bounds it above)")
         for name, allowed in (
             ("behavior_backend", BEHAVIOR_BACKENDS),
             ("behavior_refresh_method", BEHAVIOR_REFRESH_METHODS),
@@ -355,7 +401,8 @@ class SOUPConfig(GRPOConfig):
 
     def _warn_ignored_options(self):
         """A warning, naming the option, for each SOUP option set to a non-default value that this run ignores."""
-        defaults = {f.name: f.default for f in fields(SOUPConfig) if f.name in SERVER_FIELDS + STRATEGY_FIELDS}
+        names = SERVER_FIELDS + STRATEGY_FIELDS + REFRESH_POLICY_FIELDS
+        defaults = {f.name: f.default for f in fields(SOUPConfig) if f.name in names}
         ignored = []
         if self.prefix_strategy == "entropy" and self.prefix_ratio != defaults["prefix_ratio"]:
             ignored.append(("prefix_ratio", "prefix_strategy='entropy' cuts at a high-entropy token, not at a ratio"))
@@ -367,6 +414,10 @@ class SOUPConfig(GRPOConfig):
             for name in SERVER_FIELDS:
                 if getattr(self, name) != defaults[name]:
                     ignored.append((name, "it configures behavior_backend='vllm_server', and this run uses 'local'"))
+        if self.behavior_refresh_policy == "fixed":
+            for name in REFRESH_POLICY_FIELDS:
+                if getattr(self, name) != defaults[name]:
+                    ignored.append((name, "behavior_refresh_policy='fixed' refreshes every behavior_refresh_interval"))
         for name, reason in ignored:
             warnings.warn(f"{name}={getattr(self, name)!r} is ignored: {reason}.", UserWarning, stacklevel=4)
 

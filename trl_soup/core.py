@@ -16,6 +16,7 @@ Equation map (see docs/equations.md):
     Fig. 5 / Sec. 4 statistics     -> clipped_token_mask, segment_sums, segment_means
     Sec. 3.3 entropy from a server -> entropy_from_top_logprobs (top-k estimate with a bound)
     Fig. 5 per-position statistics -> position_bin_sums
+    Sec. 4.3 adaptive T (staleness) -> behavior_kl_estimate
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "behavior_kl_estimate",
     "build_prefix_mask",
     "clipped_token_mask",
     "continuation_budgets",
@@ -349,3 +351,20 @@ def position_bin_sums(values: torch.Tensor, mask: torch.Tensor, num_bins: int = 
     sums = (one_hot * values.unsqueeze(-1)).sum(dim=(0, 1))
     counts = one_hot.sum(dim=(0, 1))
     return torch.stack([sums, counts], dim=1).to(torch.float32)
+
+
+def behavior_kl_estimate(log_ratio: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(pi_behavior || pi_theta) on tokens sampled by the behavior policy (the staleness of
+    the behavior copy; paper Sec. 4.3 asks for an automatic choice of T).
+
+    With ``log r_t = log pi_theta(o_t) - log pi_behavior(o_t)`` and ``o_t ~ pi_behavior``, the estimator
+    ``k3 = (r_t - 1) - log r_t`` has expectation ``E_b[r - 1] - E_b[log r] = 0 + KL(pi_behavior || pi_theta)``: it is
+    unbiased, and non-negative for every token (``x - 1 >= log x``), unlike ``-log r_t``.
+
+    Args:
+        log_ratio: ``(B, C)`` log-ratios on behavior (prefix) tokens; other positions are masked by the caller.
+
+    Returns:
+        ``(B, C)`` non-negative per-token estimates (their mean over prefix tokens estimates the KL per token).
+    """
+    return torch.expm1(log_ratio) - log_ratio

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import clipped_token_mask, position_bin_sums, segment_means, segment_sums
+from .core import behavior_kl_estimate, clipped_token_mask, position_bin_sums, segment_means, segment_sums
 
 POSITION_BINS = 10  # paper Fig. 5: 10% bins of relative token position
 
@@ -21,6 +21,7 @@ __all__ = [
     "continuation_ratio_summary",
     "importance_sampling_metrics",
     "position_metrics",
+    "prefix_staleness_sums",
     "position_sums",
     "relay_length_metrics",
     "segment_metrics",
@@ -69,6 +70,7 @@ def segment_statistic_values(
     values = {
         "clip_ratio": clipped_token_mask(torch.exp(log_ratio), advantages, epsilon_low, epsilon_high).float(),
         "log_ratio": log_ratio.abs(),
+        "kl": behavior_kl_estimate(log_ratio),  # KL(sampler || pi_theta) estimate: the prefix's is the staleness
     }
     if entropies is not None:
         values["entropy"] = entropies
@@ -94,6 +96,17 @@ def segment_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
             metrics[f"soup/{name}/prefix"] = prefix
             metrics[f"soup/{name}/continuation"] = continuation
     return metrics
+
+
+def prefix_staleness_sums(sums: dict[str, torch.Tensor]) -> tuple[float, float, float, float]:
+    """From reduced :func:`segment_statistics_sums`: prefix tokens, and the prefix sums of the KL estimate, of
+    |log r| and of clipped tokens (:meth:`trl_soup.refresh.RefreshSchedule.add`)."""
+    return (
+        float(sums["kl"][1]),
+        float(sums["kl"][0]),
+        float(sums["log_ratio"][0]),
+        float(sums["clip_ratio"][0]),
+    )
 
 
 def position_sums(

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .refresh import RefreshSchedule
+
 SOUP_STATE_FILE = "soup_state.pt"
 SNAPSHOT_DIR = "behavior_snapshot"
 
@@ -29,11 +31,21 @@ class SOUPState:
         generation_batch_index: generation batches produced so far (the refresh counter).
         behavior_refresh_interval: T of the run that saved it (a resume must use the same T).
         behavior_snapshot: whether the checkpoint holds the behavior snapshot (saved mid-window).
+        refresh_schedule: :meth:`trl_soup.refresh.RefreshSchedule.state_dict` (None in checkpoints of 0.1, whose
+            refreshes were every T batches: :meth:`schedule` rebuilds it).
     """
 
     generation_batch_index: int
     behavior_refresh_interval: int
     behavior_snapshot: bool
+    refresh_schedule: dict | None = None
+
+    def schedule(self) -> RefreshSchedule:
+        """The refresh schedule to resume with."""
+        if self.refresh_schedule is not None:
+            return RefreshSchedule.from_state_dict(self.refresh_schedule)
+        index, T = self.generation_batch_index, self.behavior_refresh_interval
+        return RefreshSchedule(last_refresh=(index - 1) // T * T if index > 0 else None)
 
     def save(self, checkpoint: str) -> None:
         torch.save(asdict(self), os.path.join(checkpoint, SOUP_STATE_FILE))

@@ -23,6 +23,7 @@ from .checks import check_trainer_arguments, check_trainer_setup, warn_unscored_
 from .config import SOUPConfig
 from .core import build_prefix_mask, mixed_old_per_token_logps
 from .records import LossCapture, RelayRecord
+from .refresh import REFRESH_REASONS, RefreshSchedule
 from .relay import relay_generation, restrict_vllm_correction
 from .reporting import SOUP_PAPER, describe_local_base_model, drop_empty_metrics, prefix_columns
 from .state import SNAPSHOT_DIR, SOUP_STATE_FILE, SOUPState, load_rng_state, save_rng_state
@@ -34,11 +35,11 @@ __all__ = ["SNAPSHOT_DIR", "SOUP_STATE_FILE", "SOUPTrainer"]
 class SOUPTrainer(GRPOTrainer):
     """GRPO/DAPO trainer in which most trajectories are written in relay by two policies (SOUP).
 
-    Every ``behavior_refresh_interval`` (T) generation batches the behavior copy is refreshed from the learner; that
-    batch is plain on-policy. In the T - 1 batches that follow, for each sample the behavior copy writes a full
-    response, the response is cut by ``prefix_strategy``, and the current policy continues from ``[prompt, prefix]``
-    with the remaining budget ``max_completion_length - len(prefix)``. The loss is TRL's with the ratio denominator of
-    paper Eq. 5 (pi_behavior on prefix tokens, pi_old on continuation tokens).
+    Every ``behavior_refresh_interval`` (T) generation batches (or sooner, by ``behavior_refresh_policy``) the behavior
+    copy is refreshed from the learner; that batch is plain on-policy. In the batches that follow, for each sample the
+    behavior copy writes a full response, the response is cut by ``prefix_strategy``, and the current policy
+    continues from ``[prompt, prefix]`` with the remaining budget ``max_completion_length - len(prefix)``. The loss is
+    TRL's with the ratio denominator of paper Eq. 5 (pi_behavior on prefix tokens, pi_old on continuation tokens).
 
     Hooks overridden, each calling ``super()``:
 
@@ -86,6 +87,7 @@ class SOUPTrainer(GRPOTrainer):
         self._relay_record: RelayRecord | None = None  # what _generate_single_turn did, read back in the same call
         self._loss_capture: LossCapture | None = None  # set for the duration of one _compute_loss
         self.last_relay_record: RelayRecord | None = None
+        self.refresh_schedule = RefreshSchedule()  # when the behavior copy is refreshed (trl_soup.refresh)
         self.prefix_generator = torch.Generator().manual_seed(args.seed + self.accelerator.process_index)
         if self.use_vllm:
             self._set_behavior_generation_settings()
@@ -149,10 +151,10 @@ class SOUPTrainer(GRPOTrainer):
     # ---------------------------------------------------------------------------------------------- generation
     def _generate_and_score_completions(self, inputs):
         training = self.model.training
-        age = self.generation_batch_index % self.args.behavior_refresh_interval
-        relay = training and self.behavior is not None and age > 0
+        age = 0
         if training and self.behavior is not None:
-            self._refresh_or_prefetch(inputs, age)
+            age = self._refresh_or_prefetch(inputs)
+        relay = age > 0
         self._relay_active, self._relay_record = relay, None
         try:
             output = super()._generate_and_score_completions(inputs)
@@ -175,16 +177,26 @@ class SOUPTrainer(GRPOTrainer):
         warn_unscored_rewards(rewards_per_func, self.reward_func_names)
         return rewards_per_func
 
-    def _refresh_or_prefetch(self, inputs, age: int) -> None:
-        """At a window boundary refresh the behavior copy (timed); then request the window's next behavior samples."""
-        if age == 0:
+    def _refresh_or_prefetch(self, inputs) -> int:
+        """Refresh the behavior copy when the schedule says so (timed); then request the window's next behavior
+        samples. Returns the batch's age: generation batches since the refresh (0: this batch is on-policy)."""
+        index, schedule = self.generation_batch_index, self.refresh_schedule
+        reason = schedule.decide(index, self.args)
+        stats = schedule.stats(index)  # what the decision saw (the last relay batch's)
+        metrics = self._metrics["train"]
+        metrics["soup/refresh_reason"].append(float(REFRESH_REASONS[reason]))
+        if stats.staleness is not None:
+            metrics["soup/staleness"].append(stats.staleness)
+        if reason != "none":
             if self.behavior_prefetcher is not None:
                 self.behavior_prefetcher.clear()  # nothing sampled with the old snapshot may outlive it
             start = time.perf_counter()
             self.behavior.refresh()
-            self._metrics["train"]["soup/refresh_time"].append(time.perf_counter() - start)
+            metrics["soup/refresh_time"].append(time.perf_counter() - start)
+            schedule.refreshed(index)
         if self.behavior_prefetcher is not None:
             self._prefetch_behavior_samples(inputs)
+        return index - schedule.last_refresh
 
     def _add_relay_fields(self, output, record: RelayRecord | None) -> None:
         """The batch keys SOUP's loss reads: ``prefix_mask`` and ``behavior_per_token_logps`` (0 off the prefix)."""
@@ -243,7 +255,7 @@ class SOUPTrainer(GRPOTrainer):
         every = self.args.steps_per_generation * self.num_iterations  # TRL generates when _step % every == 0
         schedule = prefetch_schedule(
             self.generation_batch_index,
-            self.args.behavior_refresh_interval,
+            self.refresh_schedule.window_end(self.args.behavior_refresh_interval),
             self.args.behavior_prefetch,
             every,
             self._step,
@@ -376,6 +388,8 @@ class SOUPTrainer(GRPOTrainer):
         if self.args.log_position_statistics:
             sums |= {f"position/{k}": v for k, v in soup_metrics.position_sums(values, mask).items()}
         sums = self._reduced(sums)
+        if mode == "train" and self.behavior is not None:  # the staleness of the copy, for the refresh policy
+            self.refresh_schedule.add(*soup_metrics.prefix_staleness_sums(_select(sums, "segment/")))
         self._log_metrics(mode, soup_metrics.segment_metrics(_select(sums, "segment/")))
         self._log_metrics(mode, soup_metrics.position_metrics(_select(sums, "position/")))
 
@@ -390,10 +404,11 @@ class SOUPTrainer(GRPOTrainer):
         output_dir = os.path.join(
             self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
-        # Only mid-window is the snapshot needed: at a window boundary the next batch refreshes it anyway.
+        # Only mid-window is the snapshot needed: when the next batch refreshes it for sure (T reached), it is not.
         T = self.args.behavior_refresh_interval
-        mid_window = self.behavior is not None and self.generation_batch_index % T != 0
-        state = SOUPState(self.generation_batch_index, T, behavior_snapshot=mid_window)
+        last = self.refresh_schedule.last_refresh
+        mid_window = self.behavior is not None and last is not None and self.generation_batch_index - last < T
+        state = SOUPState(self.generation_batch_index, T, mid_window, self.refresh_schedule.state_dict())
         os.makedirs(output_dir, exist_ok=True)  # another rank may get here before the main process created it
         save_rng_state(output_dir, self.accelerator.process_index, self.prefix_generator)
         if state.behavior_snapshot:  # every rank: a ZeRO-3 snapshot is gathered collectively; main process writes
@@ -407,6 +422,7 @@ class SOUPTrainer(GRPOTrainer):
             return
         state = SOUPState.load(checkpoint, self.args.behavior_refresh_interval)
         self.generation_batch_index = state.generation_batch_index
+        self.refresh_schedule = state.schedule()
         if state.behavior_snapshot:
             self.behavior.load_snapshot(os.path.join(checkpoint, SNAPSHOT_DIR))
         load_rng_state(checkpoint, self.accelerator.process_index, self.prefix_generator)

@@ -104,14 +104,15 @@ class LookAheadIterator:
 
 
 def prefetch_schedule(
-    current: int, refresh_interval: int, max_ahead: int, every: int, step: int, total: int
+    current: int, window_end: int | None, max_ahead: int, every: int, step: int, total: int
 ) -> list[tuple[int, int]]:
     """Which generation batches to request ahead, and where their prompts are in the epoch iterator.
 
     Args:
         current: the generation batch being produced now.
-        refresh_interval: T; only batches of the current refresh window can be sampled (the next window's snapshot
-            does not exist yet).
+        window_end: the batch index at which the current refresh window ends at the latest (last refresh + T; None:
+            no window yet). Only batches of the window can be sampled: the next window's snapshot does not exist
+            yet. A window that a refresh policy ends sooner discards what was sampled ahead for it.
         max_ahead: ``behavior_prefetch``, how many generation batches ahead at most.
         every: micro-steps per generation batch (``steps_per_generation * num_iterations``).
         step: TRL's micro-step counter ``_step`` (a generation happens when ``step % every == 0``).
@@ -125,7 +126,7 @@ def prefetch_schedule(
     schedule = []
     for ahead in range(1, max_ahead + 1):
         index = current + ahead
-        if index // refresh_interval != current // refresh_interval or index >= total:
+        if window_end is None or index >= window_end or index >= total:
             break
         schedule.append((index, first + (ahead - 1) * every))
     return schedule
