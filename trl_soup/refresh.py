@@ -19,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ._registry import Registry
+
 __all__ = [
     "REFRESH_REASONS",
     "RefreshSchedule",
@@ -50,30 +52,18 @@ class RefreshStats:
 
 
 RefreshPolicy = Callable[[RefreshStats, object], bool]
-_POLICIES: dict[str, RefreshPolicy] = {}
+_REGISTRY = Registry("refresh policy", "behavior_refresh_policy", "trl_soup.register_refresh_policy")
+_POLICIES: dict[str, RefreshPolicy] = _REGISTRY.entries
 
 
 def register_refresh_policy(name: str, fn: RefreshPolicy | None = None, *, overwrite: bool = False):
     """Register ``fn(stats, args) -> bool`` under ``name``; usable as a decorator."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"A refresh policy name must be a non-empty string, got {name!r}.")
-
-    def decorator(function: RefreshPolicy) -> RefreshPolicy:
-        if not callable(function):
-            raise TypeError(f"refresh policy {name!r} must be callable, got {type(function).__name__}.")
-        if name in _POLICIES and not overwrite:
-            raise ValueError(
-                f"A refresh policy named {name!r} is already registered; pass overwrite=True to replace it."
-            )
-        _POLICIES[name] = function
-        return function
-
-    return decorator if fn is None else decorator(fn)
+    return _REGISTRY.register(name, fn, overwrite=overwrite)
 
 
 def available_refresh_policies() -> list[str]:
     """Names accepted by ``SOUPConfig.behavior_refresh_policy``."""
-    return sorted(_POLICIES)
+    return _REGISTRY.names()
 
 
 @register_refresh_policy("fixed")
@@ -131,9 +121,8 @@ class RefreshSchedule:
         since = index - self.last_refresh
         if since >= args.behavior_refresh_interval:
             return "interval"
-        if since >= args.behavior_refresh_min_interval and _policy(args.behavior_refresh_policy)(
-            self.stats(index), args
-        ):
+        policy = _REGISTRY.get(args.behavior_refresh_policy)
+        if since >= args.behavior_refresh_min_interval and policy(self.stats(index), args):
             return "policy"
         return "none"
 
@@ -151,12 +140,3 @@ class RefreshSchedule:
     @classmethod
     def from_state_dict(cls, state: dict) -> RefreshSchedule:
         return cls(state["last_refresh"], tuple(state["pending"]), tuple(state["last"]))
-
-
-def _policy(name: str) -> RefreshPolicy:
-    try:
-        return _POLICIES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown behavior_refresh_policy {name!r}. Registered policies: {available_refresh_policies()}."
-        ) from None

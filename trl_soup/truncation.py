@@ -23,11 +23,13 @@ from collections.abc import Callable
 
 import torch
 
+from ._registry import Registry
 from .core import truncate_by_entropy, truncate_by_ratio
 
 PrefixStrategy = Callable[..., torch.Tensor]
 
-_PREFIX_STRATEGIES: dict[str, PrefixStrategy] = {}
+_STRATEGIES = Registry("prefix strategy", "prefix_strategy", "trl_soup.register_prefix_strategy")
+_PREFIX_STRATEGIES: dict[str, PrefixStrategy] = _STRATEGIES.entries
 # Strategies that decode only what they keep: name -> function of the config giving the behavior's token budget.
 _DECODE_BUDGETS: dict[str, Callable] = {}
 
@@ -40,39 +42,23 @@ def register_prefix_strategy(
     ``decode_budget(args) -> int``, if given, caps how many tokens the behavior policy decodes for this strategy (the
     default is a full response of ``max_completion_length`` tokens).
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"A prefix strategy name must be a non-empty string, got {name!r}.")
 
-    def decorator(function: PrefixStrategy) -> PrefixStrategy:
-        if not callable(function):
-            raise TypeError(f"prefix strategy {name!r} must be callable, got {type(function).__name__}.")
-        if name in _PREFIX_STRATEGIES and not overwrite:
-            raise ValueError(
-                f"A prefix strategy named {name!r} is already registered; pass overwrite=True to replace it."
-            )
-        _PREFIX_STRATEGIES[name] = function
-        _DECODE_BUDGETS.pop(name, None)
+    def remember_budget(registered: str) -> None:
+        _DECODE_BUDGETS.pop(registered, None)
         if decode_budget is not None:
-            _DECODE_BUDGETS[name] = decode_budget
-        return function
+            _DECODE_BUDGETS[registered] = decode_budget
 
-    return decorator if fn is None else decorator(fn)
+    return _STRATEGIES.register(name, fn, overwrite=overwrite, on_register=remember_budget)
 
 
 def available_prefix_strategies() -> list[str]:
     """Names accepted by ``SOUPConfig.prefix_strategy``."""
-    return sorted(_PREFIX_STRATEGIES)
+    return _STRATEGIES.names()
 
 
 def get_prefix_strategy(name: str) -> PrefixStrategy:
     """The strategy registered under ``name``; unknown names fail with the list of known ones."""
-    try:
-        return _PREFIX_STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown prefix_strategy {name!r}. Registered strategies: {available_prefix_strategies()}. "
-            "Register your own with trl_soup.register_prefix_strategy(name)."
-        ) from None
+    return _STRATEGIES.get(name)
 
 
 def behavior_decode_budget(name: str, args) -> int:
