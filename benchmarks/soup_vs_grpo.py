@@ -293,8 +293,9 @@ def main():
         type=_flag,
         nargs="?",
         const=True,
-        default=False,
-        help="SOUPConfig.old_logps_from_loss_forward: pi_old from the loss forward (no pi_old pass)",
+        default=None,
+        help="SOUPConfig.old_logps_from_loss_forward: default (None) and true take pi_old from the loss forward "
+        "(no pi_old pass) where generation and optimisation are aligned; false forces the separate forward",
     )
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")

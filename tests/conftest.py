@@ -65,7 +65,8 @@ def trained(tmp_path_factory, tokenizer):
 
     tmp_path = tmp_path_factory.mktemp("loss")
     dataset = build_prompt_dataset()
-    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3)
+    # The separate pi_old forward (not the default): the batch holds pi_old for the independent loss checks.
+    args = soup_args(tmp_path, behavior_refresh_interval=2, max_steps=3, old_logps_from_loss_forward=False)
     soup = toy_trainer(RecordingTrainer, build_tiny_model(tokenizer, seed=0), args, dataset, tokenizer)
     soup.train()
     grpo_args = GRPOConfig(

@@ -111,7 +111,14 @@ def test_sequence_level_dapo_loss_by_hand(trained):
 @pytest.mark.parametrize("refresh_interval", [1, 2])
 def test_options_train_at_t1_and_t2(settings, refresh_interval, tmp_path, make_trainer):
     """Accepted by SOUPConfig and SOUPTrainer at T = 1 (plain DAPO, as GRPOTrainer) and on relay batches."""
-    args = soup_args(tmp_path, behavior_refresh_interval=refresh_interval, max_steps=2, **settings)
+    # The separate pi_old forward (not the default): the batch holds pi_old for GRPOTrainer's loss on the same batch.
+    args = soup_args(
+        tmp_path,
+        behavior_refresh_interval=refresh_interval,
+        max_steps=2,
+        old_logps_from_loss_forward=False,
+        **settings,
+    )
     trainer = make_trainer(args)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]

@@ -37,7 +37,10 @@ def _model_with(make_model, state):
 
 @pytest.fixture
 def relay_run(tmp_path, make_trainer):
-    args = soup_args(tmp_path, behavior_refresh_interval=3, max_steps=7, prefix_ratio=0.5)
+    # The separate pi_old forward (not the default), so that the batch holds pi_old to check against a forward.
+    args = soup_args(
+        tmp_path, behavior_refresh_interval=3, max_steps=7, prefix_ratio=0.5, old_logps_from_loss_forward=False
+    )
     trainer = make_trainer(args, trainer_class=SnapshotRecordingTrainer)
     trainer.train()
     return trainer

@@ -381,6 +381,7 @@ def test_filtered_relay_prefix_log_ratio_is_zero(tmp_path, tokenizer, server, ma
         max_steps=2,
         prefix_strategy="entropy",
         prefix_entropy_top_k=4,
+        old_logps_from_loss_forward=False,  # the batch holds pi_old, to compare with the behavior log-probs
     )
     trainer = make_trainer(args, model=learner, trainer_class=RecordingTrainer)
     trainer.train()

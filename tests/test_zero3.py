@@ -55,7 +55,8 @@ def test_refresh_schedule_and_prefixes(zero3_result):
         assert [b["age"] for b in batches] == [step % REFRESH_INTERVAL for step in range(MAX_STEPS)]
         for b in batches:
             relay = b["age"] > 0
-            assert b["relay_record"] == relay and b["has_old_per_token_logps"] == relay, (r["rank"], b)
+            # By default no separate pi_old forward (aligned generation: the loss forward supplies it).
+            assert b["relay_record"] == relay and not b["has_old_per_token_logps"], (r["rank"], b)
             if not relay:
                 assert b["prefix_tokens"] == 0, (r["rank"], b)
             elif r["rank"] == 0:

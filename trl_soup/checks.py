@@ -77,7 +77,7 @@ def check_trainer_setup(trainer) -> None:
             "vision-language processor. Allowed: a text model, or behavior_refresh_interval=1."
         )
     every = args.steps_per_generation * trainer.num_iterations
-    if args.old_logps_from_loss_forward and (
+    if args.old_logps_from_loss_forward is True and (
         args.gradient_accumulation_steps % every != 0
         or (trainer.use_vllm and trainer.vllm_importance_sampling_correction)
     ):

@@ -110,9 +110,10 @@ class SOUPConfig(GRPOConfig):
         behavior_prefetch (`int`, *optional*, defaults to `0`):
             `"vllm_server"` only: number of upcoming generation batches whose behavior responses are sampled in the
             background while the current step trains (never across a refresh); 0 disables it.
-        old_logps_from_loss_forward (`bool`, *optional*, defaults to `False`):
-            Skip the pi_old forward on relay batches when TRL would skip it (generation and optimisation aligned) and
-            read pi_old from the loss forward instead; the batch then has `old_per_token_logps=None`.
+        old_logps_from_loss_forward (`bool` or `None`, *optional*, defaults to `None`):
+            None (default) or True: skip the pi_old forward on relay batches when TRL would skip it (generation and
+            optimisation aligned) and read pi_old from the loss forward instead; the batch then has
+            `old_per_token_logps=None`. False: always a separate pi_old forward (True warns where it cannot apply).
         epsilon_high (`float` or `None`, *optional*, defaults to `0.28`):
             Upper clipping epsilon (clip-higher, DAPO; paper Sec. 4). GRPOConfig's default is None (= `epsilon`).
     """
@@ -275,16 +276,17 @@ class SOUPConfig(GRPOConfig):
             "0 disables it. Default 0."
         },
     )
-    old_logps_from_loss_forward: bool = field(
-        default=False,
+    old_logps_from_loss_forward: bool | None = field(
+        default=None,
         metadata={
             "help": "When generation and optimisation are aligned (num_iterations=1, steps_per_generation <= "
             "gradient_accumulation_steps, no vLLM importance-sampling correction), TRL skips its pi_old forward "
-            "because pi_old equals the weights of the loss forward. True: SOUP skips it on relay batches too and "
-            "takes the continuation's pi_old log-probs from the loss forward (detached), building the Eq. 5 "
-            "denominator inside the loss; the batch then carries old_per_token_logps=None, as TRL's does. Same "
-            "loss, one forward pass fewer per relay batch. No effect when TRL computes pi_old itself. False: "
-            "old_per_token_logps is always in the batch on relay batches (README, batch keys). Default False."
+            "because pi_old equals the weights of the loss forward. None (the default) or True: SOUP skips it on "
+            "relay batches too and takes the continuation's pi_old log-probs from the loss forward (detached), building "
+            "the Eq. 5 denominator inside the loss; the batch then carries old_per_token_logps=None, as TRL's does. "
+            "Same loss, one forward pass fewer per relay batch. Where TRL computes pi_old itself it is used (True "
+            "then warns). False: a separate pi_old forward, so old_per_token_logps is in every relay batch. "
+            "Default None."
         },
     )
     # Paper Sec. 4: DAPO with clip-higher. GRPOConfig already defaults to loss_type="dapo", epsilon=0.2, beta=0.0.
@@ -364,10 +366,10 @@ class SOUPConfig(GRPOConfig):
                 "trains, which gains nothing on shared cores and deadlocks ZeRO-3's collectives. Allowed values with "
                 "the local backend: 0."
             )
-        if not isinstance(self.old_logps_from_loss_forward, bool):
+        if self.old_logps_from_loss_forward is not None and not isinstance(self.old_logps_from_loss_forward, bool):
             raise ValueError(
                 f"old_logps_from_loss_forward={self.old_logps_from_loss_forward!r} is invalid. "
-                "Allowed values: True, False."
+                "Allowed values: None (default: from the loss forward where possible), True, False."
             )
         for name in ("behavior_server_timeout", "behavior_server_connect_timeout"):
             timeout = getattr(self, name)

@@ -167,7 +167,7 @@ class SOUPTrainer(GRPOTrainer):
         self._add_relay_fields(output, record)
         # TRL leaves pi_old out when generation and optimisation are aligned; a relay batch needs it for Eq. 5, either
         # from a forward now or, with old_logps_from_loss_forward, from the loss forward (see _compute_loss).
-        if relay and output.get("old_per_token_logps") is None and not self.args.old_logps_from_loss_forward:
+        if relay and output.get("old_per_token_logps") is None and self.args.old_logps_from_loss_forward is False:
             output["old_per_token_logps"] = self._old_per_token_logps(output)
         self._log_batch_metrics(output, record, relay, age)
         return output
@@ -354,7 +354,7 @@ class SOUPTrainer(GRPOTrainer):
             denominator = mixed_old_per_token_logps(prefix_mask, inputs["behavior_per_token_logps"], old)
             inputs = {**inputs, "old_per_token_logps": denominator}
         elif bool(prefix_mask.any()):
-            if not self.args.old_logps_from_loss_forward:
+            if self.args.old_logps_from_loss_forward is False:
                 raise RuntimeError("A relay batch reached the loss without old_per_token_logps.")
             # Eq. 5 with pi_old taken from the loss forward: behavior log-probs on the prefix now, the continuation
             # is filled in place by LossCapture.record before TRL computes the ratio.

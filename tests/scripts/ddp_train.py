@@ -98,7 +98,7 @@ def main(result_path: str) -> int:
         and rank_report["weights_changed"]
         and rank_report["ages_as_expected"]
         and rank_report["relay_batches_with_prefix"] == num_relay
-        and rank_report["relay_batches_with_old_logps"] == num_relay
+        and rank_report["relay_batches_with_old_logps"] == 0  # the default: pi_old from the loss forward
         and rank_report["prefix_tokens_on_policy_batches"] == 0
         and rank_report["relay_record_on_policy_batches"] == 0
     )
