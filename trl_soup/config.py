@@ -283,11 +283,10 @@ class SOUPConfig(GRPOConfig):
             "gradient_accumulation_steps, no vLLM importance-sampling correction), TRL skips its pi_old forward "
             "because pi_old equals the weights of the loss forward. None (the default) or True: SOUP skips it on "
             "relay batches too and takes the continuation's pi_old log-probs from the loss forward (detached), "
-            "building the Eq. 5 denominator inside the loss; the batch then carries old_per_token_logps=None, as TRL's "
-            "does. "
-            "Same loss, one forward pass fewer per relay batch. Where TRL computes pi_old itself it is used (True "
-            "then warns). False: a separate pi_old forward, so old_per_token_logps is in every relay batch. "
-            "Default None."
+            "building the Eq. 5 denominator inside the loss; the batch then carries old_per_token_logps=None, as "
+            "TRL's does. Same loss, one forward pass fewer per relay batch. Where TRL computes pi_old itself it "
+            "is used (True then warns). False: a separate pi_old forward, so old_per_token_logps is in every "
+            "relay batch. Default None."
         },
     )
     # Paper Sec. 4: DAPO with clip-higher. GRPOConfig already defaults to loss_type="dapo", epsilon=0.2, beta=0.0.
