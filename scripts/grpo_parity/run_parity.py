@@ -454,7 +454,8 @@ def main():
         first_tag = 0
         if a.resume:  # the tests with a result in every mode are kept; new chunks get new junit file names
             tests = [t for t in tests if not all(t in mode_results(workdir, m) for m in a.modes)]
-            first_tag = max((len(list(workdir.glob(f"junit_{m}_*.xml"))) for m in a.modes), default=0)
+            tags = [int(p.stem.rsplit("_", 1)[1]) for m in a.modes for p in workdir.glob(f"junit_{m}_*.xml")]
+            first_tag = max(tags, default=-1) + 1  # after every chunk file of every mode: none is overwritten
             print(f"[parity] resuming: {len(tests)} tests without a result in every mode", flush=True)
         chunks = [tests[i : i + a.chunk_size] for i in range(0, len(tests), a.chunk_size)]
         for i, chunk in enumerate(chunks):
