@@ -351,6 +351,11 @@ def main():
     table = {which: {key: median(steps[which], key) for key in KEYS} for which in runs}
     means = {which: statistics.fmean(s["step_time"] for s in steps[which]) for which in runs}  # refresh steps included
     ratio = lambda key: table["soup"][key] / table["grpo"][key] if table["grpo"][key] else float("nan")  # noqa: E731
+    # How noisy the run was: the step-time ratio of each GRPO/SOUP pair on its own (medians of that pair's steps).
+    per_repeat = [
+        median(soup["steps"], "step_time") / median(grpo["steps"], "step_time")
+        for grpo, soup in zip(runs["grpo"], runs["soup"], strict=True)
+    ]
     print(
         f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} "
         f"T={args.refresh_interval} "
@@ -366,6 +371,11 @@ def main():
     peak_label = "peak GPU memory (MiB)" if args.mode == "gpu" else "peak RSS (MiB)"
     print(f"{peak_label:<28}{peak['grpo']:>12.1f}{peak['soup']:>12.1f}{peak['soup'] / peak['grpo']:>12.3f}")
     print(
+        f"{'step_time ratio per pair':<28}"
+        + " ".join(f"{r:.3f}" for r in per_repeat)
+        + f"  (spread {max(per_repeat) - min(per_repeat):.3f})"
+    )
+    print(
         "SOUP time breakdown (median s/step): "
         + ", ".join(
             f"{k} {table['soup'][k]:.4f}"
@@ -380,6 +390,8 @@ def main():
         "old_logps_from_loss_forward": args.old_logps_from_loss_forward,
         "refresh_interval": args.refresh_interval,
         "step_time_ratio": ratio("step_time"),
+        "step_time_ratio_per_repeat": per_repeat,
+        "step_time_ratio_spread": max(per_repeat) - min(per_repeat),
         "peak_memory_ratio": peak["soup"] / peak["grpo"],
         "critical_path_decode_ratio": ratio("decode_critical"),
         "total_decode_ratio": ratio("decode_total"),

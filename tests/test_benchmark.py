@@ -45,6 +45,9 @@ def test_benchmark_reports_ratios(tmp_path):
     ):
         assert key in summary, key
     assert summary["mode"] == "local" and summary["refresh_interval"] == 4
+    # One GRPO/SOUP pair: its own ratio is the run's, and the spread over pairs is 0.
+    assert summary["step_time_ratio_per_repeat"] == [pytest.approx(summary["step_time_ratio"])]
+    assert summary["step_time_ratio_spread"] == 0.0
     # Steps 2-3 are relay batches with full-response truncation: the behavior copy decodes whole responses that are
     # then cut, so SOUP decodes more tokens than GRPO (the paper's +27% cost, Sec. 5).
     assert summary["total_decode_ratio"] > 1.0
