@@ -94,18 +94,15 @@ def mode_env(paths: dict, workdir: Path, mode: str) -> dict:
     return env
 
 
+# pytest with the parity plugin, quiet, no cache: the start of every command this script runs.
+PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "grpo_parity_plugin", "-q"]
+
+
 def pytest_command(
     workdir: Path, mode: str, extra: list[str], tests: list[str] | None = None, tag: str = ""
 ) -> list[str]:
     cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "grpo_parity_plugin",
-        "-q",
+        *PYTEST,
         "-rA",
         f"--junitxml={workdir / f'junit_{mode}{tag}.xml'}",
     ] + (tests or ["tests/test_grpo_trainer.py"])
@@ -355,14 +352,7 @@ def _collection_order(workdir: Path) -> list[str]:
 
 def collect(paths, workdir: Path, extra: list[str]) -> None:
     cmd = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        "-p",
-        "grpo_parity_plugin",
-        "-q",
+        *PYTEST,
         "--collect-only",
         "tests/test_grpo_trainer.py",
     ] + extra
