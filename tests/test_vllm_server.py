@@ -176,6 +176,75 @@ def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
     _check_relay_run(trainer, tokenizer, make_learner)
 
 
+class PoolServerRecordingTrainer(RecordingTrainer):
+    """Records the learner before each batch, and after it the pool's order and each member's probe log-probs."""
+
+    def record_before(self, inputs):
+        learner = self.accelerator.unwrap_model(self.model)
+        return {"learner_state": {k: v.detach().clone() for k, v in learner.state_dict().items()}}
+
+    def record_after(self, record):
+        order = self.behavior.age_order()
+        names = [self.behavior.members[slot].model_name for slot in order]
+        return {
+            "births": [self.behavior.births[slot] for slot in order],
+            "names": names,
+            "probes": [probe_logps(self.behavior.members[0].base_url, self._tokenizer, name) for name in names],
+        }
+
+
+def test_lora_pool_members_serve_their_snapshots(tmp_path, tokenizer, server, make_trainer):
+    """behavior_pool_size=2 on one server: two LoRA adapters, each the learner's adapter at one of the last two
+    refreshes, rotated as refreshes come; each relay row's denominators are its member's log-probs."""
+    peft = pytest.importorskip("peft")
+    base = build_tiny_model(tokenizer, seed=0)
+    BehaviorServerClient(str(server)).reload_weights(save_for_server(base, str(tmp_path / "base")))
+    lora = peft.LoraConfig(
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
+    )
+
+    def make_learner(state):
+        model = peft.get_peft_model(build_tiny_model(tokenizer, seed=0), lora)
+        model.load_state_dict(state)
+        return model.eval()
+
+    args = _server_args(
+        tmp_path,
+        server,
+        behavior_refresh_method="lora",
+        learning_rate=5e-2,
+        max_steps=6,
+        behavior_pool_size=2,
+        behavior_pool_sampling="uniform",
+    )
+    trainer = make_trainer(args, model=base, trainer_class=PoolServerRecordingTrainer, peft_config=lora)
+    trainer.train()
+    records = trainer.records
+    refreshes = {r["index"]: r["learner_state"] for r in records if r["index"] % 2 == 0}  # T = 2
+    rows_checked = set()
+    for r in records:
+        expected = [b for b in sorted(refreshes, reverse=True) if b <= r["index"]][:2]
+        assert r["births"] == expected
+        for rank, birth in enumerate(expected):
+            # Each member serves the learner's adapter of its refresh.
+            learner = learner_probe_logps(make_learner(refreshes[birth]), tokenizer)
+            assert (r["probes"][rank] - learner).abs().max().item() < TOLERANCE, (r["index"], rank)
+        if len(expected) == 2:
+            assert (r["probes"][0] - r["probes"][1]).abs().max().item() > TOLERANCE  # distinct snapshots
+        relay, batch = r["relay"], r["batch"]
+        if relay is None:
+            continue
+        for rank in set(relay.member_ages.tolist()):
+            ref, _ = batch_reference_logps(make_learner(refreshes[expected[rank]]), batch, trainer.args.temperature)
+            prefix = batch["prefix_mask"].bool() & (relay.member_ages == rank).unsqueeze(1)
+            assert (batch["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE
+            rows_checked.add(rank)
+    assert rows_checked == {0, 1}
+    # Refreshes at 0, 2, 4 into slots 0, 1, 0: member 0's first adapter was unloaded when its slot was overwritten.
+    served = {m["id"] for m in BehaviorServerClient(str(server)).models()}
+    assert {"soup-behavior-2", "soup-behavior-m1-1"} <= served and "soup-behavior-1" not in served
+
+
 def test_wrong_model_is_refused(tmp_path, tokenizer, server, make_trainer):
     deeper = build_tiny_model(tokenizer, seed=0, num_layers=3)
     with pytest.raises(ValueError, match="num_hidden_layers"):

@@ -14,12 +14,15 @@ _EXPORTS = {
     "SOUPTrainer": "trl_soup.trainer",
     "available_prefix_strategies": "trl_soup.truncation",
     "register_prefix_strategy": "trl_soup.truncation",
+    "available_pool_samplings": "trl_soup.pool",
+    "register_pool_sampling": "trl_soup.pool",
     "available_refresh_policies": "trl_soup.refresh",
     "register_refresh_policy": "trl_soup.refresh",
 }
 
 if TYPE_CHECKING:
     from .config import SOUPConfig
+    from .pool import available_pool_samplings, register_pool_sampling
     from .refresh import available_refresh_policies, register_refresh_policy
     from .trainer import SOUPTrainer
     from .truncation import available_prefix_strategies, register_prefix_strategy
@@ -28,8 +31,10 @@ __all__ = [
     "SOUPConfig",
     "SOUPTrainer",
     "__version__",
+    "available_pool_samplings",
     "available_prefix_strategies",
     "available_refresh_policies",
+    "register_pool_sampling",
     "register_prefix_strategy",
     "register_refresh_policy",
 ]

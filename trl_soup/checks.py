@@ -57,6 +57,12 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
             "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
         )
+    if relay and zero3 and args.behavior_pool_size > 1:
+        raise ValueError(
+            f"behavior_pool_size={args.behavior_pool_size} is not supported under DeepSpeed ZeRO-3 in this release "
+            "(each member's sampling would be a collective over rows that differ between ranks). Allowed: "
+            "behavior_pool_size=1 under ZeRO-3, or a pool under DDP or ZeRO-1/2."
+        )
     if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
         check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
 

@@ -9,6 +9,7 @@ from urllib.parse import urlparse
 import torch
 from trl import GRPOConfig
 
+from .pool import available_pool_samplings
 from .refresh import available_refresh_policies
 from .truncation import available_prefix_strategies
 
@@ -31,6 +32,7 @@ SERVER_FIELDS = (
 )
 STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
 REFRESH_POLICY_FIELDS = ("behavior_max_staleness", "behavior_refresh_min_interval")
+POOL_FIELDS = ("behavior_pool_sampling",)
 
 # TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
 # denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
@@ -76,6 +78,12 @@ class SOUPConfig(GRPOConfig):
             refresh.
         behavior_refresh_min_interval (`int`, *optional*, defaults to `2`):
             Policies other than `"fixed"`: the fewest generation batches between two refreshes.
+        behavior_pool_size (`int`, *optional*, defaults to `1`):
+            K: a pool of the K most recent snapshots (each refresh overwrites the oldest); each relay row takes its
+            prefix, and its denominators, from one member. 1 is the paper's single snapshot (docs/refresh.md).
+        behavior_pool_sampling (`str`, *optional*, defaults to `"newest"`):
+            Which member writes each relay row: `"newest"`, `"uniform"`, `"oldest"`, or a name registered with
+            `trl_soup.register_pool_sampling`.
         behavior_backend (`str`, *optional*, defaults to `"local"`):
             Where the behavior policy runs. `"local"`: a frozen copy in the training process (a second adapter for
             PEFT models). `"vllm_server"`: a vLLM server of its own, configured by the `behavior_server_*` and
@@ -180,6 +188,25 @@ class SOUPConfig(GRPOConfig):
         metadata={
             "help": "Policies other than 'fixed': no refresh sooner than this many generation batches after the last "
             "one, so every window has at least one relay batch when it is 2 or more (paper Sec. 4.3). Default 2."
+        },
+    )
+    behavior_pool_size: int = field(
+        default=1,
+        metadata={
+            "help": "K: the behavior policy is a pool of the K most recent snapshots (each refresh overwrites the "
+            "oldest) and each relay row takes its prefix from one member (behavior_pool_sampling), with that "
+            "member's log-probs as its denominators (extends the single snapshot of Sec. 3.2, as the paper's "
+            "Limitations ask). 1 is the paper's single snapshot. The local backend keeps K full copies (memory grows "
+            "K-fold) or K PEFT adapters; vllm_server needs behavior_refresh_method='lora' (K adapters on the "
+            "server). Default 1."
+        },
+    )
+    behavior_pool_sampling: str = field(
+        default="newest",
+        metadata={
+            "help": "behavior_pool_size > 1: which member writes each relay row: 'newest' (the copy of Sec. 3.2), "
+            "'uniform' (a member drawn uniformly per row), 'oldest', or a name registered with "
+            "trl_soup.register_pool_sampling. Default 'newest'."
         },
     )
     behavior_backend: str = field(
@@ -348,6 +375,13 @@ class SOUPConfig(GRPOConfig):
         if isinstance(staleness, bool) or not isinstance(staleness, (int, float)) or not staleness >= 0:
             raise ValueError(f"behavior_max_staleness={staleness!r} is invalid: it must be a number >= 0 (nats).")
         self._require_int("behavior_refresh_min_interval", 1, note=" (generation batches; T bounds it above)")
+        self._require_int("behavior_pool_size", 1, note=" (snapshots in the behavior pool; 1 is the paper's one copy)")
+        samplings = available_pool_samplings()
+        if self.behavior_pool_sampling not in samplings:
+            raise ValueError(
+                f"behavior_pool_sampling={self.behavior_pool_sampling!r} is not a registered rule. Allowed values: "
+                f"{samplings} (register more with trl_soup.register_pool_sampling)."
+            )
         for name, allowed in (
             ("behavior_backend", BEHAVIOR_BACKENDS),
             ("behavior_refresh_method", BEHAVIOR_REFRESH_METHODS),
@@ -394,6 +428,17 @@ class SOUPConfig(GRPOConfig):
                     f"none (use_cpu={self.use_cpu}, CUDA available: {torch.cuda.is_available()}). Allowed values "
                     "on CPU: 'disk', or 'lora' with a PEFT model."
                 )
+        if (
+            self.behavior_pool_size > 1
+            and self.behavior_backend == "vllm_server"
+            and (self.behavior_refresh_method != "lora")
+        ):
+            raise ValueError(
+                f"behavior_pool_size={self.behavior_pool_size} with behavior_backend='vllm_server' needs "
+                f"behavior_refresh_method='lora' (got {self.behavior_refresh_method!r}): a server holds one set of "
+                "base weights, so the pool's snapshots are LoRA adapters loaded side by side. Allowed: "
+                "behavior_refresh_method='lora' with a PEFT model, behavior_backend='local', or behavior_pool_size=1."
+            )
         if self.prefix_budget is not None and self.prefix_strategy in ("ratio", "entropy"):
             raise ValueError(
                 f"prefix_budget={self.prefix_budget!r} is used only by prefix_strategy='fixed_budget'; "
@@ -403,7 +448,7 @@ class SOUPConfig(GRPOConfig):
 
     def _warn_ignored_options(self):
         """A warning, naming the option, for each SOUP option set to a non-default value that this run ignores."""
-        names = SERVER_FIELDS + STRATEGY_FIELDS + REFRESH_POLICY_FIELDS
+        names = SERVER_FIELDS + STRATEGY_FIELDS + REFRESH_POLICY_FIELDS + POOL_FIELDS
         defaults = {f.name: f.default for f in fields(SOUPConfig) if f.name in names}
         ignored = []
         if self.prefix_strategy == "entropy" and self.prefix_ratio != defaults["prefix_ratio"]:
@@ -420,6 +465,10 @@ class SOUPConfig(GRPOConfig):
             for name in REFRESH_POLICY_FIELDS:
                 if getattr(self, name) != defaults[name]:
                     ignored.append((name, "behavior_refresh_policy='fixed' refreshes every behavior_refresh_interval"))
+        if self.behavior_pool_size == 1 and self.behavior_pool_sampling != defaults["behavior_pool_sampling"]:
+            ignored.append(
+                ("behavior_pool_sampling", "behavior_pool_size=1 keeps one snapshot, which writes every row")
+            )
         for name, reason in ignored:
             warnings.warn(f"{name}={getattr(self, name)!r} is ignored: {reason}.", UserWarning, stacklevel=4)
 

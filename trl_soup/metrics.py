@@ -20,6 +20,8 @@ __all__ = [
     "composition_sums",
     "continuation_ratio_summary",
     "importance_sampling_metrics",
+    "prefix_group_metrics",
+    "prefix_group_sums",
     "position_metrics",
     "prefix_staleness_sums",
     "position_sums",
@@ -107,6 +109,38 @@ def prefix_staleness_sums(sums: dict[str, torch.Tensor]) -> tuple[float, float, 
         float(sums["log_ratio"][0]),
         float(sums["clip_ratio"][0]),
     )
+
+
+def prefix_group_sums(
+    values: dict[str, torch.Tensor],
+    mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    groups: torch.Tensor,
+    num_groups: int,
+) -> torch.Tensor:
+    """Prefix statistics by row group (the pool member's age rank, the prefix source): a ``(num_groups, 3)`` table of
+    prefix tokens, clipped prefix tokens and their |log r| sum per group. Rows of group -1 (on-policy batches) count
+    nowhere."""
+    prefix = (mask * prefix_mask).float()
+    rows = torch.stack(
+        [prefix.sum(dim=1), (values["clip_ratio"] * prefix).sum(dim=1), (values["log_ratio"] * prefix).sum(dim=1)],
+        dim=1,
+    )  # (B, 3)
+    onehot = groups.to(rows.device).long().unsqueeze(1) == torch.arange(num_groups, device=rows.device).unsqueeze(0)
+    return onehot.float().T @ rows
+
+
+def prefix_group_metrics(table: torch.Tensor, names: list[str]) -> dict[str, float]:
+    """``<name>/{prefix_share,clip_ratio,log_ratio_abs_mean}`` for each row of a reduced :func:`prefix_group_sums`
+    table: the share of all prefix tokens the group wrote, the clip ratio and the mean |log r| on them (NaN when it
+    wrote none)."""
+    total = float(table[:, 0].sum())
+    metrics = {}
+    for name, (tokens, clipped, log_ratio) in zip(names, table.tolist(), strict=True):
+        metrics[f"{name}/prefix_share"] = tokens / total if total > 0 else float("nan")
+        metrics[f"{name}/clip_ratio"] = clipped / tokens if tokens > 0 else float("nan")
+        metrics[f"{name}/log_ratio_abs_mean"] = log_ratio / tokens if tokens > 0 else float("nan")
+    return metrics
 
 
 def position_sums(

@@ -27,6 +27,10 @@ class RelayRecord:
         behavior_lengths: ``(B,)`` long, length of each full behavior response before it was cut.
         no_continuation: ``(B,)`` bool, prefixes that are final (ended in EOS, or left no budget): no continuation.
         behavior_completion_ids: ``B`` lists, the full responses the behavior copy sampled (for inspection).
+        member_ages: ``(B,)`` long, with a behavior pool the age rank of the member that wrote each row (0: newest
+            snapshot); None without a pool.
+        source_ids: ``(B,)`` long, with several prefix sources the index of each row's source in
+            ``trl_soup.sources.source_names(args)``; None with one source.
     """
 
     prefix_lengths: torch.Tensor
@@ -34,6 +38,8 @@ class RelayRecord:
     behavior_lengths: torch.Tensor
     no_continuation: torch.Tensor
     behavior_completion_ids: list[list[int]]
+    member_ages: torch.Tensor | None = None
+    source_ids: torch.Tensor | None = None
 
     def behavior_per_token_logps(self, completion_length: int, device) -> torch.Tensor:
         """``(B, completion_length)`` float32: the prefix log-probs left-aligned, 0 on continuation and padding."""

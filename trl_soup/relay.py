@@ -119,6 +119,8 @@ def assemble_relay(
         behavior_lengths=lengths,
         no_continuation=plan.finished,
         behavior_completion_ids=[behavior_ids[i, : lengths[i]].tolist() for i in range(size)],
+        member_ages=None if samples.member_ages is None else samples.member_ages.cpu(),
+        source_ids=None if samples.source_ids is None else samples.source_ids.cpu(),
     )
     return completion_ids, sampling_logps, record
 

@@ -34,6 +34,12 @@ def build_parser(prog: str = "python -m trl_soup.serve_behavior") -> argparse.Ar
     parser.add_argument("--gpu-memory-utilization", type=float, default=None, help="vLLM --gpu-memory-utilization")
     parser.add_argument("--enable-lora", action="store_true", help="allow behavior_refresh_method='lora'")
     parser.add_argument("--max-lora-rank", type=int, default=64, help="with --enable-lora: the largest LoRA rank")
+    parser.add_argument(
+        "--max-loras",
+        type=int,
+        default=None,
+        help="with --enable-lora: LoRA adapters one batch may use (vLLM --max-loras); behavior_pool_size K needs K",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after `--`: more vLLM arguments, passed as they are")
     return parser
@@ -64,6 +70,8 @@ def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
     env = {"VLLM_SERVER_DEV_MODE": "1"}
     if args.enable_lora:
         command += ["--enable-lora", "--max-lora-rank", str(args.max_lora_rank)]
+        if args.max_loras is not None:
+            command += ["--max-loras", str(args.max_loras)]
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     extra = [a for a in args.extra if a != "--"]
     return command + extra, env

@@ -5,7 +5,9 @@ Files inside a checkpoint folder, next to transformers' own:
 - ``soup_state.pt`` (main process): :class:`SOUPState` as a dict;
 - ``soup_rng_state_<rank>.pt`` (every rank): the state of the rank's truncation generator;
 - ``behavior_snapshot/``: the behavior backend's snapshot, written only mid-window (at a window boundary the next
-  batch refreshes it anyway).
+  batch refreshes it anyway); with a pool (``behavior_pool_size`` > 1) every member the resumed run samples from,
+  by slot (``member-<slot>/``), and ``soup_pool.json`` (:meth:`trl_soup.behavior.base.BehaviorBackend.
+  checkpoint_snapshot`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class SOUPState:
     Attributes:
         generation_batch_index: generation batches produced so far (the refresh counter).
         behavior_refresh_interval: T of the run that saved it (a resume must use the same T).
-        behavior_snapshot: whether the checkpoint holds the behavior snapshot (saved mid-window).
+        behavior_snapshot: whether the checkpoint holds the behavior snapshot (saved mid-window, or a pool's members).
         refresh_schedule: :meth:`trl_soup.refresh.RefreshSchedule.state_dict` (None in checkpoints of 0.1, whose
             refreshes were every T batches: :meth:`schedule` rebuilds it).
     """

@@ -31,6 +31,9 @@ from .truncation import behavior_decode_budget
 
 __all__ = ["SNAPSHOT_DIR", "SOUP_STATE_FILE", "SOUPTrainer"]
 
+# Batch keys that name the writer of each relay row -> the RelayRecord field they come from.
+GROUP_FIELDS = {"behavior_member_age": "member_ages", "prefix_source_id": "source_ids"}
+
 
 class SOUPTrainer(GRPOTrainer):
     """GRPO/DAPO trainer in which most trajectories are written in relay by two policies (SOUP).
@@ -93,7 +96,11 @@ class SOUPTrainer(GRPOTrainer):
             self._set_behavior_generation_settings()
         # T = 1 never produces a relay batch: no behavior copy is built at all.
         relay = args.behavior_refresh_interval > 1
-        self.behavior = build_behavior_backend(args.behavior_backend, self) if relay else None
+        self.behavior = build_behavior_backend(args.behavior_backend, self, args.behavior_pool_size) if relay else None
+        # Batch keys naming each row's writer, and the metric names of their groups (trl_soup.metrics.prefix_group_*)
+        self._prefix_groups = {}
+        if self.behavior is not None and args.behavior_pool_size > 1:
+            self._prefix_groups["behavior_member_age"] = [f"soup/pool/age_{k}" for k in range(args.behavior_pool_size)]
         self.behavior_prefetcher = None  # behavior samples of the next relay batches, drawn in the background
         if self.behavior is not None and args.behavior_prefetch > 0:
             self.behavior_prefetcher = BehaviorPrefetcher(
@@ -210,6 +217,10 @@ class SOUPTrainer(GRPOTrainer):
             prefix_lengths = record.prefix_lengths.to(device)
             output["behavior_per_token_logps"] = record.behavior_per_token_logps(length, device)
         output["prefix_mask"] = build_prefix_mask(prefix_lengths, length)
+        for key, field in GROUP_FIELDS.items():  # which pool member / prefix source wrote each row (-1: none)
+            if key in self._prefix_groups:
+                values = None if record is None else getattr(record, field)
+                output[key] = (torch.full((batch,), -1, dtype=torch.long) if values is None else values).to(device)
         if record is not None and self.use_vllm:  # every rank: relay batches are relay batches on all ranks
             self._restrict_vllm_correction_to_continuation(output)
 
@@ -387,11 +398,18 @@ class SOUPTrainer(GRPOTrainer):
         sums = {f"segment/{name}": value for name, value in segments.items()}
         if self.args.log_position_statistics:
             sums |= {f"position/{k}": v for k, v in soup_metrics.position_sums(values, mask).items()}
+        for key, names in self._prefix_groups.items():  # by pool member age, by prefix source (same keys everywhere)
+            groups = inputs.get(key, torch.full_like(inputs["advantages"], -1, dtype=torch.long))
+            sums[f"group/{key}"] = soup_metrics.prefix_group_sums(
+                values, mask, inputs["prefix_mask"], groups, len(names)
+            )
         sums = self._reduced(sums)
         if mode == "train" and self.behavior is not None:  # the staleness of the copy, for the refresh policy
             self.refresh_schedule.add(*soup_metrics.prefix_staleness_sums(_select(sums, "segment/")))
         self._log_metrics(mode, soup_metrics.segment_metrics(_select(sums, "segment/")))
         self._log_metrics(mode, soup_metrics.position_metrics(_select(sums, "position/")))
+        for key, names in self._prefix_groups.items():
+            self._log_metrics(mode, soup_metrics.prefix_group_metrics(sums[f"group/{key}"], names))
 
     # ---------------------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir=None, state_dict=None):
@@ -404,15 +422,18 @@ class SOUPTrainer(GRPOTrainer):
         output_dir = os.path.join(
             self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         )
-        # Only mid-window is the snapshot needed: when the next batch refreshes it for sure (T reached), it is not.
+        # A single snapshot is needed only mid-window: when the next batch refreshes it for sure (T reached), it is
+        # not. A pool keeps what survives the next refresh (BehaviorBackend.checkpoint_snapshot).
         T = self.args.behavior_refresh_interval
         last = self.refresh_schedule.last_refresh
-        mid_window = self.behavior is not None and last is not None and self.generation_batch_index - last < T
-        state = SOUPState(self.generation_batch_index, T, mid_window, self.refresh_schedule.state_dict())
+        mid_window = last is not None and self.generation_batch_index - last < T
         os.makedirs(output_dir, exist_ok=True)  # another rank may get here before the main process created it
         save_rng_state(output_dir, self.accelerator.process_index, self.prefix_generator)
-        if state.behavior_snapshot:  # every rank: a ZeRO-3 snapshot is gathered collectively; main process writes
-            self.behavior.save_snapshot(os.path.join(output_dir, SNAPSHOT_DIR))
+        # every rank: a ZeRO-3 snapshot is gathered collectively; the main process writes
+        saved = self.behavior is not None and self.behavior.checkpoint_snapshot(
+            os.path.join(output_dir, SNAPSHOT_DIR), mid_window
+        )
+        state = SOUPState(self.generation_batch_index, T, saved, self.refresh_schedule.state_dict())
         if self.args.should_save:
             state.save(output_dir)
 

@@ -18,6 +18,10 @@ class BehaviorSamples:
         per_token_logps: ``(B, C)`` log pi_behavior of each sampled token (temperature-scaled like TRL's).
         entropies: ``(B, C)`` entropy of pi_behavior at each position (for entropy truncation).
         ended_with_eos: ``(B,)`` whether the response terminated with an EOS token.
+        member_ages: ``(B,)`` long, with a pool of snapshots (``behavior_pool_size`` > 1) the age rank of the member
+            that wrote each row (0: the newest snapshot; -1: a row another prefix source wrote); None otherwise.
+        source_ids: ``(B,)`` long, with several prefix sources (``prefix_source_weights``) the index of each row's
+            source in :func:`trl_soup.sources.source_names`; None otherwise.
     """
 
     completion_ids: torch.Tensor
@@ -25,6 +29,8 @@ class BehaviorSamples:
     per_token_logps: torch.Tensor
     entropies: torch.Tensor
     ended_with_eos: torch.Tensor
+    member_ages: torch.Tensor | None = None
+    source_ids: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -40,14 +46,20 @@ class BehaviorBackend(ABC):
 
     @abstractmethod
     def sample(
-        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+        self,
+        prompt_ids: list[list[int]],
+        max_new_tokens: int,
+        generation_batch_index: int | None = None,
+        stream: int = 0,
     ) -> BehaviorSamples:
         """Sample one response of at most ``max_new_tokens`` tokens per prompt row with the behavior copy, with its
         log-probs and entropies.
 
         The result must be a deterministic function of (snapshot, prompt ids, budget, generation batch index, rank,
-        run seed), independent of when it is called (see :func:`trl_soup.behavior.prefetch.behavior_sampling_seed`):
-        that is what makes prefetching and resuming exact. ``generation_batch_index`` defaults to the trainer's.
+        run seed, ``stream``), independent of when it is called (see
+        :func:`trl_soup.behavior.prefetch.behavior_sampling_seed`): that is what makes prefetching and resuming exact.
+        ``generation_batch_index`` defaults to the trainer's; ``stream`` separates the random streams of the members
+        of a pool within one batch (0 outside a pool).
         """
 
     @abstractmethod
@@ -57,6 +69,14 @@ class BehaviorBackend(ABC):
     @abstractmethod
     def load_snapshot(self, directory: str) -> None:
         """Restore the behavior copy written by :meth:`save_snapshot` (called when resuming mid-window)."""
+
+    def checkpoint_snapshot(self, directory: str, mid_window: bool) -> bool:
+        """Write into ``directory`` what a run resumed from this checkpoint needs, and say whether anything was written
+        (called on every rank). A single snapshot is needed mid-window only: at a window end the next batch refreshes
+        it from the resumed learner anyway."""
+        if mid_window:
+            self.save_snapshot(directory)
+        return mid_window
 
     def clean_saved_model(self, output_dir: str) -> None:
         """Remove from a saved model folder what the backend put there that is not the trained model (called after

@@ -265,11 +265,22 @@ def cast_output_head_to_fp32(model) -> None:
         embedding.register_forward_hook(lambda module, args, output: output.to(body.dtype))
 
 
-class LocalBehaviorBackend(BehaviorBackend):
-    """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter)."""
+def behavior_adapter_name(member: int) -> str:
+    """The PEFT adapter of pool member ``member``: ``"behavior"`` for the first (the only one without a pool), then
+    ``"behavior_1"``, ``"behavior_2"``, ..."""
+    return BEHAVIOR_ADAPTER if member == 0 else f"{BEHAVIOR_ADAPTER}_{member}"
 
-    def __init__(self, trainer):
+
+class LocalBehaviorBackend(BehaviorBackend):
+    """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter).
+
+    ``member``: the slot of this copy in a behavior pool (:class:`trl_soup.behavior.pool.BehaviorPool`); each member is
+    a full copy of its own, or a PEFT adapter of its own (:func:`behavior_adapter_name`).
+    """
+
+    def __init__(self, trainer, member: int = 0):
         self.trainer = trainer
+        self.adapter_name = behavior_adapter_name(member)
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
         self.zero3 = is_zero3(trainer.accelerator)
@@ -292,13 +303,13 @@ class LocalBehaviorBackend(BehaviorBackend):
             trained = learner.active_adapter
             if not isinstance(trained, str):
                 raise ValueError(f"SOUP's local behavior backend needs one active PEFT adapter, got {trained!r}.")
-            if BEHAVIOR_ADAPTER in learner.peft_config:
+            if self.adapter_name in learner.peft_config:
                 raise ValueError(
-                    f"The PEFT model already has an adapter named {BEHAVIOR_ADAPTER!r}; SOUP reserves that name for "
+                    f"The PEFT model already has an adapter named {self.adapter_name!r}; SOUP reserves that name for "
                     "the behavior copy."
                 )
-            learner.add_adapter(BEHAVIOR_ADAPTER, copy.deepcopy(learner.peft_config[trained]))
-            self._pairs = adapter_twin_pairs(learner, trained, BEHAVIOR_ADAPTER)  # (trained, behavior) tensors
+            learner.add_adapter(self.adapter_name, copy.deepcopy(learner.peft_config[trained]))
+            self._pairs = adapter_twin_pairs(learner, trained, self.adapter_name)  # (trained, behavior) tensors
             for _, behavior in self._pairs:
                 behavior.requires_grad_(False)
             self.snapshot = None
@@ -400,7 +411,7 @@ class LocalBehaviorBackend(BehaviorBackend):
         """PEFT saves every adapter, the behavior one in a sub-folder: it is not part of the trained model, and its
         presence makes transformers' resume load only the sub-folder adapters (not the trained one at the root).
         Mid-window the snapshot is saved separately (:meth:`save_snapshot`)."""
-        folder = os.path.join(output_dir, BEHAVIOR_ADAPTER)
+        folder = os.path.join(output_dir, self.adapter_name)
         if self.is_peft and os.path.isdir(folder):
             shutil.rmtree(folder)
 
@@ -441,13 +452,13 @@ class LocalBehaviorBackend(BehaviorBackend):
         if for_generation:
             with (
                 self._unwrapped(trainer.model_wrapped, generation_kwargs) as unwrapped,
-                use_adapter(unwrapped, BEHAVIOR_ADAPTER),
+                use_adapter(unwrapped, self.adapter_name),
                 eval_mode(unwrapped),
             ):
                 yield unwrapped
         else:
             unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            with use_adapter(unwrapped, BEHAVIOR_ADAPTER), eval_mode(unwrapped):
+            with use_adapter(unwrapped, self.adapter_name), eval_mode(unwrapped):
                 yield trainer.model
 
     def _unwrapped(self, model, generation_kwargs: dict | None):
@@ -501,7 +512,11 @@ class LocalBehaviorBackend(BehaviorBackend):
 
     @torch.no_grad()
     def sample(
-        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+        self,
+        prompt_ids: list[list[int]],
+        max_new_tokens: int,
+        generation_batch_index: int | None = None,
+        stream: int = 0,
     ) -> BehaviorSamples:
         trainer = self.trainer
         device = trainer.accelerator.device
@@ -512,7 +527,7 @@ class LocalBehaviorBackend(BehaviorBackend):
         index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
         # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it
         # is drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
-        seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
+        seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index, stream)
         # Behavior log-probs and entropies come from the sampling forward passes themselves (no scoring forward),
         # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).
         recorder = None if self.score_after_sampling else SamplingLogprobRecorder(trainer.temperature)

@@ -30,15 +30,16 @@ _RECENT = 64  # batches already handed to the trainer that can still be located 
 THREAD_NAME = "soup-behavior-prefetch"
 
 
-def behavior_sampling_seed(seed: int, generation_batch_index: int, process_index: int) -> int:
+def behavior_sampling_seed(seed: int, generation_batch_index: int, process_index: int, stream: int = 0) -> int:
     """Seed of the behavior sampling stream of one generation batch on one rank.
 
-    A function of the run seed, the generation batch index and the rank only, never of the global RNG state or of the
-    time the sample is drawn: a prefetched sample, a synchronous one and one redrawn after resuming from a checkpoint
-    are the same sample. Different batches and ranks get different streams (ranks are separated as long as there are
-    fewer than 7919 of them).
+    A function of the run seed, the generation batch index, the rank and ``stream`` only, never of the global RNG
+    state or of the time the sample is drawn: a prefetched sample, a synchronous one and one redrawn after resuming
+    from a checkpoint are the same sample. Different batches and ranks get different streams (ranks are separated as
+    long as there are fewer than 7919 of them); ``stream`` (the members of a behavior pool, and the pool's choice of
+    member) shifts the seed by multiples of 2**40, and stream 0 is the seed of a single behavior copy.
     """
-    return seed * 1_000_003 + generation_batch_index * 7_919 + process_index
+    return seed * 1_000_003 + generation_batch_index * 7_919 + process_index + stream * 2**40
 
 
 @contextmanager

@@ -130,7 +130,9 @@ class BehaviorServerClient:
         self.request("POST", "/reset_prefix_cache")
 
     def load_lora_adapter(self, name: str, path: str) -> None:
-        self.request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        """Load the adapter at ``path`` as ``name``, in place of one of that name the server may still hold (from an
+        earlier run against the same server: names restart at ``soup-behavior-1``)."""
+        self.request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": path, "load_inplace": True})
 
     def unload_lora_adapter(self, name: str) -> None:
         self.request("POST", "/v1/unload_lora_adapter", {"lora_name": name})

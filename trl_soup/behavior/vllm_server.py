@@ -144,10 +144,16 @@ def save_for_server(model, directory: str) -> str:
 
 
 class VLLMServerBehaviorBackend(BehaviorBackend):
-    """The behavior copy on a vLLM server, refreshed by disk reload, LoRA loading or NCCL."""
+    """The behavior copy on a vLLM server, refreshed by disk reload, LoRA loading or NCCL.
 
-    def __init__(self, trainer):
+    ``member``: the slot of this copy in a behavior pool (:class:`trl_soup.behavior.pool.BehaviorPool`, LoRA refresh
+    only): each member is a LoRA adapter of its own on the same server, named ``soup-behavior-m<member>-<refresh>``
+    (``soup-behavior-<refresh>`` for member 0), with a refresh folder of its own.
+    """
+
+    def __init__(self, trainer, member: int = 0):
         self.trainer = trainer
+        self.lora_prefix = LORA_PREFIX if member == 0 else f"{LORA_PREFIX}-m{member}"
         args = trainer.args
         check_sampling_settings(args)  # also refused by SOUPConfig; kept here for configs built without it
         # With a filter active (then temperature == 1), the sampled log-probs are renormalised over the kept tokens:
@@ -174,6 +180,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         self.refresh_dir = os.path.abspath(
             args.behavior_refresh_dir or os.path.join(args.output_dir, "behavior_refresh")
         )
+        if member:
+            self.refresh_dir = os.path.join(self.refresh_dir, f"member-{member}")
         self.refresh_count = 0
         self.vocab_size = (learner.get_base_model() if self.is_peft else learner).config.get_text_config().vocab_size
         self._nccl = None
@@ -258,7 +266,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             if trainer.accelerator.is_main_process:
                 self._push(learner)
         if self.method == "lora":
-            self.model_name = f"{LORA_PREFIX}-{self.refresh_count}"
+            self.model_name = f"{self.lora_prefix}-{self.refresh_count}"
         trainer.accelerator.wait_for_everyone()
 
     def _push(self, learner) -> None:
@@ -294,7 +302,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             ) from None
 
     def _load_adapter(self, path: str) -> None:
-        name = f"{LORA_PREFIX}-{self.refresh_count}"
+        name = f"{self.lora_prefix}-{self.refresh_count}"
         self.client.load_lora_adapter(name, path)
         if self.model_name != self.served_model:
             try:
@@ -343,22 +351,26 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 self._nccl.update_named_params(metadata, ((k, v.cuda()) for k, v in state.items()))
                 self.client.reset_prefix_cache()
         if self.method == "lora":
-            self.model_name = f"{LORA_PREFIX}-{self.refresh_count}"
+            self.model_name = f"{self.lora_prefix}-{self.refresh_count}"
         trainer.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------ sampling
-    def _row_seeds(self, count: int, generation_batch_index: int | None = None) -> list[int]:
-        """One seed per row, a function of (run seed, generation batch, rank, row) only: a prefetched request and a
-        synchronous one for the same batch sample the same responses."""
+    def _row_seeds(self, count: int, generation_batch_index: int | None = None, stream: int = 0) -> list[int]:
+        """One seed per row, a function of (run seed, generation batch, rank, stream, row) only: a prefetched request
+        and a synchronous one for the same batch sample the same responses."""
         trainer = self.trainer
         index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
         generator = torch.Generator().manual_seed(
-            behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index)
+            behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index, stream)
         )
         return torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
 
     def sample(
-        self, prompt_ids: list[list[int]], max_new_tokens: int, generation_batch_index: int | None = None
+        self,
+        prompt_ids: list[list[int]],
+        max_new_tokens: int,
+        generation_batch_index: int | None = None,
+        stream: int = 0,
     ) -> BehaviorSamples:
         """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread.
 
@@ -384,7 +396,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
-        seeds = self._row_seeds(len(prompt_ids), generation_batch_index)
+        seeds = self._row_seeds(len(prompt_ids), generation_batch_index, stream)
 
         def send(row: int) -> tuple[list[int], list[float], list[dict]]:
             prompt = list(prompt_ids[row])
