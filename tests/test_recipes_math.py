@@ -51,9 +51,36 @@ PAPER_SETUPS = {
 }
 
 
+DATASET_SOURCE_CONFIG = "r1-distill-qwen-1.5b_openr1-math-46k_soup_dataset"  # issue 14: R1 traces as prefixes
+
+
 def test_every_config_file_is_covered():
     stems = {p.stem for p in CONFIGS.glob("*.yaml")}
-    assert stems == {f"{setup}_{kind}" for setup in PAPER_SETUPS for kind in ("soup", "dapo")}
+    paper = {f"{setup}_{kind}" for setup in PAPER_SETUPS for kind in ("soup", "dapo")}
+    assert stems == paper | {DATASET_SOURCE_CONFIG}
+
+
+def test_dataset_source_config_is_the_soup_config_with_two_sources(tokenizer):
+    from trl_soup.sources import reference_token_ids, source_weights
+
+    script, args, model_args = _parse(["--config", str(CONFIGS / f"{DATASET_SOURCE_CONFIG}.yaml")])
+    base_script, base_args, _ = _parse(["--config", str(CONFIGS / "r1-distill-qwen-1.5b_openr1-math-46k_soup.yaml")])
+    assert script.reference_column == "target" and script.dataset_name == base_script.dataset_name
+    assert source_weights(args) == {"behavior": 0.5, "dataset": 0.5}
+    assert args.prefix_dataset_column == "reference_completion" and args.prefix_dataset_fallback == "behavior"
+    ours, theirs = args.to_dict(), base_args.to_dict()
+    differing = {k for k in theirs if ours[k] != theirs[k]}
+    assert differing <= {"output_dir", "logging_dir", "run_name", "prefix_source_weights", "prefix_dataset_fallback"}
+    # The recipe keeps the trace (chat messages) as reference_completion; the dataset source reads its assistant text.
+    row = ROWS["Elliott/Openr1-Math-46k-8192"]
+    prepared = _prepare("Elliott/Openr1-Math-46k-8192", [row], reference_column="target")[0]
+    assert prepared["reference_completion"] == row["target"]
+    ids = reference_token_ids(prepared["reference_completion"], tokenizer, tokenizer.eos_token_id, "reference")
+    assert ids == tokenizer(row["target"][0]["content"], add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
+    with pytest.raises(ValueError, match="Column 'trace' is not in the data set"):
+        _prepare("Elliott/Openr1-Math-46k-8192", [row], reference_column="trace")
 
 
 @pytest.mark.parametrize("setup", sorted(PAPER_SETUPS))

@@ -17,10 +17,12 @@ from testing_utils import (
     probe_logps,
     require_vllm,
     server_args,
+    soup_args,
 )
 from vllm_server import start_vllm_server
 
 from trl_soup.behavior.server_client import BehaviorServerClient, BehaviorServerError
+from trl_soup.behavior.sources import SOURCE_STREAM
 from trl_soup.behavior.vllm_server import save_for_server
 from trl_soup.toy import build_tiny_model, build_tokenizer, save_toy_model
 
@@ -243,6 +245,65 @@ def test_lora_pool_members_serve_their_snapshots(tmp_path, tokenizer, server, ma
     # Refreshes at 0, 2, 4 into slots 0, 1, 0: member 0's first adapter was unloaded when its slot was overwritten.
     served = {m["id"] for m in BehaviorServerClient(str(server)).models()}
     assert {"soup-behavior-2", "soup-behavior-m1-1"} <= served and "soup-behavior-1" not in served
+
+
+class TeacherRecordingTrainer(RecordingTrainer):
+    """Records, for each relay batch, what the teacher samples for its rows now (the same seeds)."""
+
+    def record_after(self, record):
+        if record["relay"] is None:
+            return {}
+        batch = record["batch"]
+        prompts = [ids[m.bool()].tolist() for ids, m in zip(batch["prompt_ids"], batch["prompt_mask"], strict=True)]
+        teacher = self.behavior.sources["teacher"]
+        samples = teacher.sample(prompts, self.max_completion_length, record["index"], SOURCE_STREAM + 1)
+        return {"resampled": [samples.completion_ids[i][samples.mask[i].bool()].tolist() for i in range(len(prompts))]}
+
+
+def test_teacher_prefixes_and_denominators(tmp_path, tokenizer, tied_server, make_trainer):
+    """prefix_source='teacher': another model (same tokenizer) on its own server writes the prefixes, is never
+    refreshed, and its weights give the denominators; a learner with another tokenizer is refused."""
+    teacher = build_tiny_model(tokenizer, seed=3, tie_word_embeddings=True).eval()
+    BehaviorServerClient(str(tied_server)).reload_weights(save_for_server(teacher, str(tmp_path / "teacher")))
+    BehaviorServerClient(str(tied_server)).reset_prefix_cache()
+    before = probe_logps(str(tied_server), tokenizer, BehaviorServerClient(str(tied_server)).models()[0]["id"])
+    args = soup_args(
+        tmp_path,
+        prefix_source="teacher",
+        prefix_teacher_base_url=str(tied_server),
+        behavior_refresh_interval=2,
+        max_steps=4,
+        learning_rate=5e-2,
+    )
+    trainer = make_trainer(args, trainer_class=TeacherRecordingTrainer)
+    trainer.train()
+    relays = [r for r in trainer.records if r["relay"] is not None]
+    assert relays
+    for r in relays:
+        relay, batch = r["relay"], r["batch"]
+        for i, response in enumerate(relay.behavior_completion_ids):
+            k = int(relay.prefix_lengths[i])
+            assert response == r["resampled"][i]  # the teacher's response for this row and seed
+            row = batch["completion_ids"][i][batch["completion_mask"][i].bool()].tolist()
+            assert row[:k] == response[:k]
+        ref, _ = batch_reference_logps(teacher, batch, trainer.args.temperature)
+        prefix = batch["prefix_mask"].bool()
+        assert prefix.any()
+        assert (batch["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < TOLERANCE
+    after = probe_logps(str(tied_server), tokenizer, BehaviorServerClient(str(tied_server)).models()[0]["id"])
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)  # never refreshed
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = tokenizer.get_vocab()
+    shuffled = {token: len(vocab) - 1 - index for token, index in vocab.items()}  # same tokens, other ids
+    backend = Tokenizer(models.WordLevel(shuffled, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.decoder = decoders.Fuse()
+    other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    with pytest.raises(ValueError, match="The teacher server at .* tokenizer differs"):
+        make_trainer(args, model=build_tiny_model(other, seed=0), processing_class=other)
 
 
 def test_wrong_model_is_refused(tmp_path, tokenizer, server, make_trainer):

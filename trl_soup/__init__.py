@@ -16,6 +16,8 @@ _EXPORTS = {
     "register_prefix_strategy": "trl_soup.truncation",
     "available_pool_samplings": "trl_soup.pool",
     "register_pool_sampling": "trl_soup.pool",
+    "available_prefix_sources": "trl_soup.sources",
+    "register_prefix_source": "trl_soup.sources",
     "available_refresh_policies": "trl_soup.refresh",
     "register_refresh_policy": "trl_soup.refresh",
 }
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
     from .config import SOUPConfig
     from .pool import available_pool_samplings, register_pool_sampling
     from .refresh import available_refresh_policies, register_refresh_policy
+    from .sources import available_prefix_sources, register_prefix_source
     from .trainer import SOUPTrainer
     from .truncation import available_prefix_strategies, register_prefix_strategy
 
@@ -32,9 +35,11 @@ __all__ = [
     "SOUPTrainer",
     "__version__",
     "available_pool_samplings",
+    "available_prefix_sources",
     "available_prefix_strategies",
     "available_refresh_policies",
     "register_pool_sampling",
+    "register_prefix_source",
     "register_prefix_strategy",
     "register_refresh_policy",
 ]

@@ -8,6 +8,7 @@ import warnings
 from accelerate.utils import is_peft_model
 
 from .behavior.server_client import check_reachable
+from .sources import source_names
 
 
 def check_trainer_arguments(args, arguments: dict) -> None:
@@ -44,6 +45,9 @@ def check_trainer_arguments(args, arguments: dict) -> None:
                 "completion for each row's 'prompt': rename the column holding the prompts, e.g. "
                 "dataset.rename_column('question', 'prompt')."
             )
+    used = source_names(args)
+    if relay and "dataset" in used:
+        _check_dataset_source_columns(args, arguments)
     plugin = args.deepspeed_plugin
     zero3 = plugin is not None and plugin.zero_stage == 3
     if relay and zero3 and args.behavior_backend == "local" and arguments.get("peft_config") is not None:
@@ -63,8 +67,32 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "(each member's sampling would be a collective over rows that differ between ranks). Allowed: "
             "behavior_pool_size=1 under ZeRO-3, or a pool under DDP or ZeRO-1/2."
         )
+    if relay and zero3 and set(used) - {"behavior", "on_policy"}:
+        raise ValueError(
+            f"prefix sources {sorted(set(used) - {'behavior', 'on_policy'})} are not supported under DeepSpeed ZeRO-3 "
+            "in this release (the dataset scorer would be a partitioned copy; not tested). Allowed: "
+            "prefix_source='behavior' under ZeRO-3, or these sources under DDP or ZeRO-1/2."
+        )
+    if relay and "teacher" in used:
+        check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout)
     if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
         check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
+
+
+def _check_dataset_source_columns(args, arguments: dict) -> None:
+    """The dataset prefix source reads ``prefix_dataset_column`` (and ``prefix_logps_column``) of the training data:
+    refuse data sets that lack them, naming the columns found."""
+    columns = getattr(arguments.get("train_dataset"), "column_names", None)
+    if not isinstance(columns, list):  # an IterableDataset may not know its columns: checked at the first batch
+        return
+    for option in ("prefix_dataset_column", "prefix_logps_column"):
+        name = getattr(args, option)
+        if name is not None and name not in columns:
+            raise ValueError(
+                f"{option}={name!r} is not a column of train_dataset (found: {columns}). prefix_source 'dataset' "
+                f"cuts each relay prefix from that column: name the column that holds the "
+                f"{'reference completions' if option == 'prefix_dataset_column' else 'per-token log-probs'}."
+            )
 
 
 def check_trainer_setup(trainer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlparse
@@ -11,6 +12,7 @@ from trl import GRPOConfig
 
 from .pool import available_pool_samplings
 from .refresh import available_refresh_policies
+from .sources import available_prefix_sources, source_names
 from .truncation import available_prefix_strategies
 
 # Backends for the behavior policy (trl_soup.behavior).
@@ -33,6 +35,13 @@ SERVER_FIELDS = (
 STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
 REFRESH_POLICY_FIELDS = ("behavior_max_staleness", "behavior_refresh_min_interval")
 POOL_FIELDS = ("behavior_pool_sampling",)
+DATASET_SOURCE_FIELDS = (
+    "prefix_dataset_column",
+    "prefix_logps_column",
+    "prefix_scorer_model",
+    "prefix_dataset_fallback",
+)
+PREFIX_DATASET_FALLBACKS = ("on_policy", "behavior")
 
 # TRL 1.16's loss types. Each is built from log r_t = log pi_theta - log(denominator); SOUP swaps in the mixed
 # denominator of Eq. 5, so token-level losses weight each token by the ratio of the policy that wrote it, and
@@ -84,6 +93,23 @@ class SOUPConfig(GRPOConfig):
         behavior_pool_sampling (`str`, *optional*, defaults to `"newest"`):
             Which member writes each relay row: `"newest"`, `"uniform"`, `"oldest"`, or a name registered with
             `trl_soup.register_pool_sampling`.
+        prefix_source (`str`, *optional*, defaults to `"behavior"`):
+            What writes the relay prefixes: `"behavior"` (the historical copy), `"dataset"` (reference completions),
+            `"teacher"` (a teacher's vLLM server), `"on_policy"`, or a name registered with
+            `trl_soup.register_prefix_source` (docs/prefix_sources.md).
+        prefix_source_weights (`dict` or `None`, *optional*, defaults to `None`):
+            Each relay row's source drawn among several with these weights, e.g. `{"behavior": 0.5, "dataset": 0.5}`.
+        prefix_dataset_column (`str`, *optional*, defaults to `"reference_completion"`):
+            `"dataset"` source: the column of reference completions (text, token ids or chat messages).
+        prefix_logps_column (`str` or `None`, *optional*, defaults to `None`):
+            `"dataset"` source: a column of per-token log-probs of the references (the prefix denominators).
+        prefix_scorer_model (`str` or `None`, *optional*, defaults to `None`):
+            `"dataset"` source without a log-prob column: the model that scores the references (None: the initial
+            policy).
+        prefix_dataset_fallback (`str`, *optional*, defaults to `"on_policy"`):
+            `"dataset"` source: who writes the rows without a reference, `"on_policy"` or `"behavior"`.
+        prefix_teacher_base_url (`str` or `None`, *optional*, defaults to `None`):
+            `"teacher"` source: base URL of the teacher's vLLM server.
         behavior_backend (`str`, *optional*, defaults to `"local"`):
             Where the behavior policy runs. `"local"`: a frozen copy in the training process (a second adapter for
             PEFT models). `"vllm_server"`: a vLLM server of its own, configured by the `behavior_server_*` and
@@ -207,6 +233,64 @@ class SOUPConfig(GRPOConfig):
             "help": "behavior_pool_size > 1: which member writes each relay row: 'newest' (the copy of Sec. 3.2), "
             "'uniform' (a member drawn uniformly per row), 'oldest', or a name registered with "
             "trl_soup.register_pool_sampling. Default 'newest'."
+        },
+    )
+    prefix_source: str = field(
+        default="behavior",
+        metadata={
+            "help": "What writes the relay prefixes: 'behavior' (the historical copy of Sec. 3.2), 'dataset' (each "
+            "row's reference completion, prefix_dataset_column), 'teacher' (a model on its own vLLM server, "
+            "prefix_teacher_base_url), 'on_policy' (no prefix), or a name registered with "
+            "trl_soup.register_prefix_source (the paper's Limitations ask for heterogeneous sources). Default "
+            "'behavior'."
+        },
+    )
+    prefix_source_weights: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Draw each relay row's prefix source among several, e.g. {'behavior': 0.5, 'dataset': 0.5} (a "
+            "JSON string on the command line); prefix_source is then not used. Logged per source as "
+            "soup/source/<name>/... (beyond Sec. 3.2). Default None."
+        },
+    )
+    prefix_dataset_column: str = field(
+        default="reference_completion",
+        metadata={
+            "help": "prefix_source 'dataset': the column holding each prompt's reference completion (a string, "
+            "tokenised without special tokens and followed by EOS; a list of token ids, kept as they are; or chat "
+            "messages, whose assistant content is used). The prefix is cut from it by prefix_strategy (Sec. 3.3). "
+            "Default 'reference_completion'."
+        },
+    )
+    prefix_logps_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "prefix_source 'dataset': a column of per-token log-probs of the reference (token ids, sampled "
+            "by a known model): the prefix denominators of Eq. 5. None: the frozen scorer's log-probs stand in for "
+            "pi_behavior (prefix_scorer_model; docs/equations.md for the bias). Default None."
+        },
+    )
+    prefix_scorer_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "prefix_source 'dataset' without prefix_logps_column: the model whose log-probs score the "
+            "references (Eq. 5's prefix denominator); it must share the learner's tokenizer. None: the initial "
+            "policy (a frozen copy of the learner as the trainer is built). Default None."
+        },
+    )
+    prefix_dataset_fallback: str = field(
+        default="on_policy",
+        metadata={
+            "help": "prefix_source 'dataset': who writes the rows without a reference: 'on_policy' (no prefix, the "
+            "current policy writes the row) or 'behavior' (the historical copy of Sec. 3.2). Default 'on_policy'."
+        },
+    )
+    prefix_teacher_base_url: str | None = field(
+        default=None,
+        metadata={
+            "help": "prefix_source 'teacher': base URL of the teacher's vLLM server (python -m "
+            "trl_soup.serve_behavior --model TEACHER), e.g. 'http://127.0.0.1:8002'. Never refreshed; its sampling "
+            "log-probs are the prefix denominators of Eq. 5; its tokenizer must be the learner's. Default None."
         },
     )
     behavior_backend: str = field(
@@ -428,6 +512,7 @@ class SOUPConfig(GRPOConfig):
                     f"none (use_cpu={self.use_cpu}, CUDA available: {torch.cuda.is_available()}). Allowed values "
                     "on CPU: 'disk', or 'lora' with a PEFT model."
                 )
+        self._validate_prefix_sources()
         if (
             self.behavior_pool_size > 1
             and self.behavior_backend == "vllm_server"
@@ -446,9 +531,59 @@ class SOUPConfig(GRPOConfig):
                 f"{self.prefix_strategy!r}, or prefix_strategy='fixed_budget'."
             )
 
+    def _validate_prefix_sources(self):
+        known = available_prefix_sources()
+        if self.prefix_source not in known:
+            raise ValueError(
+                f"prefix_source={self.prefix_source!r} is not a registered source. Allowed values: {known} (register "
+                "more with trl_soup.register_prefix_source)."
+            )
+        weights = self.prefix_source_weights
+        if isinstance(weights, str):
+            try:
+                weights = self.prefix_source_weights = json.loads(weights)
+            except json.JSONDecodeError:
+                raise ValueError(f"prefix_source_weights={weights!r} is not valid JSON.") from None
+        if weights is not None:
+            valid = (
+                isinstance(weights, dict)
+                and weights
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in weights.values())
+            )
+            if not valid or sum(weights.values()) <= 0 or not set(weights) <= set(known):
+                raise ValueError(
+                    f"prefix_source_weights={weights!r} is invalid: it must map prefix sources ({known}) to weights "
+                    ">= 0 with a positive sum, e.g. {'behavior': 0.5, 'dataset': 0.5}."
+                )
+        used = set(source_names(self))
+        if self.prefix_dataset_fallback not in PREFIX_DATASET_FALLBACKS:
+            raise ValueError(
+                f"prefix_dataset_fallback={self.prefix_dataset_fallback!r} is not supported. Allowed values: "
+                f"{list(PREFIX_DATASET_FALLBACKS)}."
+            )
+        if "dataset" in used and self.prefix_logps_column is not None and self.prefix_strategy == "entropy":
+            raise ValueError(
+                f"prefix_strategy='entropy' cannot cut dataset prefixes scored by prefix_logps_column="
+                f"{self.prefix_logps_column!r}: a log-prob column has no entropies. Allowed: prefix_logps_column=None "
+                "(the scorer's forward gives log-probs and entropies), or prefix_strategy 'ratio' / 'fixed_budget'."
+            )
+        if "teacher" in used and not self.prefix_teacher_base_url:
+            raise ValueError(
+                "prefix_source 'teacher' needs prefix_teacher_base_url, the teacher's vLLM server (e.g. "
+                "'http://127.0.0.1:8002', started with python -m trl_soup.serve_behavior --model TEACHER)."
+            )
+        url = self.prefix_teacher_base_url
+        if url is not None and not str(url).startswith(("http://", "https://")):
+            raise ValueError(f"prefix_teacher_base_url={url!r} is invalid: it must start with http:// or https://.")
+        if self.behavior_prefetch > 0 and used != {"behavior"}:
+            raise ValueError(
+                f"behavior_prefetch={self.behavior_prefetch} prefetches the behavior copy's samples only; this run "
+                f"draws prefixes from {sorted(used)}. Allowed: behavior_prefetch=0 with other prefix sources."
+            )
+
     def _warn_ignored_options(self):
         """A warning, naming the option, for each SOUP option set to a non-default value that this run ignores."""
-        names = SERVER_FIELDS + STRATEGY_FIELDS + REFRESH_POLICY_FIELDS + POOL_FIELDS
+        names = SERVER_FIELDS + STRATEGY_FIELDS + REFRESH_POLICY_FIELDS + POOL_FIELDS + DATASET_SOURCE_FIELDS
         defaults = {f.name: f.default for f in fields(SOUPConfig) if f.name in names}
         ignored = []
         if self.prefix_strategy == "entropy" and self.prefix_ratio != defaults["prefix_ratio"]:
@@ -469,6 +604,13 @@ class SOUPConfig(GRPOConfig):
             ignored.append(
                 ("behavior_pool_sampling", "behavior_pool_size=1 keeps one snapshot, which writes every row")
             )
+        used = source_names(self)
+        if "dataset" not in used:
+            for name in DATASET_SOURCE_FIELDS:
+                if getattr(self, name) != defaults[name]:
+                    ignored.append((name, f"it configures prefix_source 'dataset', and this run draws from {used}"))
+        if self.prefix_source_weights and self.prefix_source != "behavior":
+            ignored.append(("prefix_source", "prefix_source_weights chooses each row's source"))
         for name, reason in ignored:
             warnings.warn(f"{name}={getattr(self, name)!r} is ignored: {reason}.", UserWarning, stacklevel=4)
 

@@ -17,8 +17,8 @@ from trl import GRPOTrainer
 
 from . import metrics as soup_metrics
 from ._compat import PREFIX_CHECKPOINT_DIR, disable_gradient_checkpointing, generation_budget
-from .behavior import build_behavior_backend
 from .behavior.prefetch import BehaviorPrefetcher, prefetch_schedule
+from .behavior.sources import build_prefix_sources
 from .checks import check_trainer_arguments, check_trainer_setup, warn_unscored_rewards
 from .config import SOUPConfig
 from .core import build_prefix_mask, mixed_old_per_token_logps
@@ -26,6 +26,7 @@ from .records import LossCapture, RelayRecord
 from .refresh import REFRESH_REASONS, RefreshSchedule
 from .relay import relay_generation, restrict_vllm_correction
 from .reporting import SOUP_PAPER, describe_local_base_model, drop_empty_metrics, prefix_columns
+from .sources import source_names
 from .state import SNAPSHOT_DIR, SOUP_STATE_FILE, SOUPState, load_rng_state, save_rng_state
 from .truncation import behavior_decode_budget
 
@@ -87,6 +88,7 @@ class SOUPTrainer(GRPOTrainer):
         check_trainer_setup(self)
         self.generation_batch_index = 0  # generation batches produced so far in training (the refresh counter)
         self._relay_active = False  # True for the duration of one relay generation
+        self._relay_rows = None  # the dataset rows of the batch being generated (read by the dataset prefix source)
         self._relay_record: RelayRecord | None = None  # what _generate_single_turn did, read back in the same call
         self._loss_capture: LossCapture | None = None  # set for the duration of one _compute_loss
         self.last_relay_record: RelayRecord | None = None
@@ -96,11 +98,13 @@ class SOUPTrainer(GRPOTrainer):
             self._set_behavior_generation_settings()
         # T = 1 never produces a relay batch: no behavior copy is built at all.
         relay = args.behavior_refresh_interval > 1
-        self.behavior = build_behavior_backend(args.behavior_backend, self, args.behavior_pool_size) if relay else None
+        self.behavior = build_prefix_sources(self) if relay else None  # the behavior copy, pool or prefix sources
         # Batch keys naming each row's writer, and the metric names of their groups (trl_soup.metrics.prefix_group_*)
         self._prefix_groups = {}
         if self.behavior is not None and args.behavior_pool_size > 1:
             self._prefix_groups["behavior_member_age"] = [f"soup/pool/age_{k}" for k in range(args.behavior_pool_size)]
+        if self.behavior is not None and len(source_names(args)) > 1:
+            self._prefix_groups["prefix_source_id"] = [f"soup/source/{name}" for name in source_names(args)]
         self.behavior_prefetcher = None  # behavior samples of the next relay batches, drawn in the background
         if self.behavior is not None and args.behavior_prefetch > 0:
             self.behavior_prefetcher = BehaviorPrefetcher(
@@ -162,11 +166,11 @@ class SOUPTrainer(GRPOTrainer):
         if training and self.behavior is not None:
             age = self._refresh_or_prefetch(inputs)
         relay = age > 0
-        self._relay_active, self._relay_record = relay, None
+        self._relay_active, self._relay_record, self._relay_rows = relay, None, inputs
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
-            self._relay_active = False
+            self._relay_active, self._relay_rows = False, None
         if training:
             self.generation_batch_index += 1
         record, self._relay_record = self._relay_record, None
@@ -289,7 +293,7 @@ class SOUPTrainer(GRPOTrainer):
             self._metrics["train"]["soup/behavior_prefetch_hit"].append(float(samples is not None))
         if samples is None:
             samples = self.behavior.sample(
-                prompt_ids, decode_budget, generation_batch_index=self.generation_batch_index
+                prompt_ids, decode_budget, generation_batch_index=self.generation_batch_index, rows=self._relay_rows
             )
         self._metrics["train"]["soup/behavior_wait_time"].append(time.perf_counter() - start)
         return samples

@@ -38,7 +38,9 @@ class BehaviorSamples:
 
 
 class BehaviorBackend(ABC):
-    """A frozen historical copy of the learner."""
+    """A frozen historical copy of the learner, or another source of relay prefixes (:mod:`trl_soup.sources`)."""
+
+    needs_rows = False  # True: sample() must get the batch's dataset rows
 
     @abstractmethod
     def refresh(self) -> None:
@@ -51,6 +53,7 @@ class BehaviorBackend(ABC):
         max_new_tokens: int,
         generation_batch_index: int | None = None,
         stream: int = 0,
+        rows: list[dict] | None = None,
     ) -> BehaviorSamples:
         """Sample one response of at most ``max_new_tokens`` tokens per prompt row with the behavior copy, with its
         log-probs and entropies.
@@ -59,7 +62,9 @@ class BehaviorBackend(ABC):
         run seed, ``stream``), independent of when it is called (see
         :func:`trl_soup.behavior.prefetch.behavior_sampling_seed`): that is what makes prefetching and resuming exact.
         ``generation_batch_index`` defaults to the trainer's; ``stream`` separates the random streams of the members
-        of a pool within one batch (0 outside a pool).
+        of a pool, or of the prefix sources, within one batch (0 for a single behavior copy). ``rows``: the dataset
+        examples of the prompt rows, one per row, for sources with ``needs_rows`` (the dataset source reads its
+        reference completions there); other backends ignore it.
         """
 
     @abstractmethod

@@ -275,12 +275,13 @@ class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter).
 
     ``member``: the slot of this copy in a behavior pool (:class:`trl_soup.behavior.pool.BehaviorPool`); each member is
-    a full copy of its own, or a PEFT adapter of its own (:func:`behavior_adapter_name`).
+    a full copy of its own, or a PEFT adapter of its own (:func:`behavior_adapter_name`). ``adapter_name`` overrides
+    that name (the frozen scorer of the dataset prefix source is such a copy, never refreshed).
     """
 
-    def __init__(self, trainer, member: int = 0):
+    def __init__(self, trainer, member: int = 0, adapter_name: str | None = None):
         self.trainer = trainer
-        self.adapter_name = behavior_adapter_name(member)
+        self.adapter_name = adapter_name or behavior_adapter_name(member)
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
         self.zero3 = is_zero3(trainer.accelerator)
@@ -517,6 +518,7 @@ class LocalBehaviorBackend(BehaviorBackend):
         max_new_tokens: int,
         generation_batch_index: int | None = None,
         stream: int = 0,
+        rows: list[dict] | None = None,
     ) -> BehaviorSamples:
         trainer = self.trainer
         device = trainer.accelerator.device

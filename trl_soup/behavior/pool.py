@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -26,14 +27,15 @@ from .prefetch import behavior_sampling_seed
 
 POOL_STATE_FILE = "soup_pool.json"
 
-__all__ = ["POOL_STATE_FILE", "BehaviorPool", "merge_member_samples"]
+__all__ = ["POOL_STATE_FILE", "BehaviorPool", "merge_member_samples", "sample_in_groups"]
 
 
 def merge_member_samples(
     parts: list[tuple[list[int], BehaviorSamples]], num_rows: int, pad_token_id: int
 ) -> BehaviorSamples:
-    """One :class:`BehaviorSamples` of ``num_rows`` rows from each member's ``(rows, samples)``: row ``rows[j]`` of the
-    result is row ``j`` of that member's samples, right-padded to the longest response."""
+    """One :class:`BehaviorSamples` of ``num_rows`` rows from each member's (or source's) ``(rows, samples)``: row
+    ``rows[j]`` of the result is row ``j`` of that part's samples, right-padded to the longest response; pool member
+    ages are kept (-1 on rows of parts without them)."""
     width = max(samples.completion_ids.size(1) for _, samples in parts)
     device = parts[0][1].completion_ids.device
 
@@ -50,13 +52,33 @@ def merge_member_samples(
                 out[index] = tensor
         return out
 
-    return BehaviorSamples(
+    merged = BehaviorSamples(
         completion_ids=gather("completion_ids", pad_token_id),
         mask=gather("mask", 0),
         per_token_logps=gather("per_token_logps", 0.0),
         entropies=gather("entropies", 0.0),
         ended_with_eos=gather("ended_with_eos", False),
     )
+    if any(samples.member_ages is not None for _, samples in parts):  # a pool's rows among others: -1 elsewhere
+        merged.member_ages = torch.full((num_rows,), -1, dtype=torch.long, device=device)
+        for rows, samples in parts:
+            if samples.member_ages is not None:
+                merged.member_ages[torch.tensor(rows, dtype=torch.long, device=device)] = samples.member_ages
+    return merged
+
+
+def sample_in_groups(
+    groups: list[int], sample_group: Callable[[int, list[int]], BehaviorSamples], pad_token_id: int
+) -> BehaviorSamples:
+    """Rows sampled group by group: ``groups[i]`` is row i's group, ``sample_group(group, rows)`` samples those rows
+    (in that order) in one call; the result has every row in its place (:func:`merge_member_samples`)."""
+    members: dict[int, list[int]] = {}
+    for row, group in enumerate(groups):
+        members.setdefault(group, []).append(row)
+    parts = [(rows, sample_group(group, rows)) for group, rows in sorted(members.items())]
+    if len(parts) == 1:
+        return parts[0][1]  # one group wrote every row: its samples as they are
+    return merge_member_samples(parts, len(groups), pad_token_id)
 
 
 class BehaviorPool(BehaviorBackend):
@@ -91,6 +113,7 @@ class BehaviorPool(BehaviorBackend):
         max_new_tokens: int,
         generation_batch_index: int | None = None,
         stream: int = 0,
+        rows: list[dict] | None = None,
     ) -> BehaviorSamples:
         """Each row from the member ``behavior_pool_sampling`` names; the member of age rank r samples its rows with
         stream r, so that ``"newest"`` draws exactly the samples of a single snapshot. Reads ``births`` only: safe in
@@ -102,18 +125,13 @@ class BehaviorPool(BehaviorBackend):
         births = list(self.births)
         ranks = choose_pool_members(trainer.args.behavior_pool_sampling, len(prompt_ids), births, index, generator)
         order = pool_age_order(births)
-        groups: dict[int, list[int]] = {}
-        for row, age_rank in enumerate(ranks):
-            groups.setdefault(age_rank, []).append(row)
-        parts = []
-        for age_rank, rows in sorted(groups.items()):
+
+        def sample_member(age_rank: int, rows: list[int]) -> BehaviorSamples:
             member = self.members[order[age_rank]]
             subset = [prompt_ids[i] for i in rows]
-            parts.append((rows, member.sample(subset, max_new_tokens, generation_batch_index=index, stream=age_rank)))
-        if len(parts) == 1:
-            samples = parts[0][1]  # one member wrote every row: its samples as they are
-        else:
-            samples = merge_member_samples(parts, len(prompt_ids), trainer._tokenizer.pad_token_id)
+            return member.sample(subset, max_new_tokens, generation_batch_index=index, stream=age_rank)
+
+        samples = sample_in_groups(ranks, sample_member, trainer._tokenizer.pad_token_id)
         samples.member_ages = torch.tensor(ranks, dtype=torch.long, device=samples.completion_ids.device)
         return samples
 

@@ -151,7 +151,10 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
     (``soup-behavior-<refresh>`` for member 0), with a refresh folder of its own.
     """
 
-    def __init__(self, trainer, member: int = 0):
+    role = "behavior"  # in messages
+    refreshable = True  # False: a server whose weights SOUP never writes (the "teacher" prefix source)
+
+    def __init__(self, trainer, member: int = 0, base_url: str | None = None):
         self.trainer = trainer
         self.lora_prefix = LORA_PREFIX if member == 0 else f"{LORA_PREFIX}-m{member}"
         args = trainer.args
@@ -159,8 +162,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         # With a filter active (then temperature == 1), the sampled log-probs are renormalised over the kept tokens:
         # every response is re-scored with prompt log-probs (see the module docstring).
         self.rescore = bool(sampling_filters(args))
-        self.base_url = args.behavior_server_url
-        self.method = args.behavior_refresh_method
+        self.base_url = base_url or args.behavior_server_url
+        self.method = args.behavior_refresh_method if self.refreshable else None
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
         if self.method == "lora" and not self.is_peft:
@@ -204,15 +207,16 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         expected = tokenizer(probe, add_special_tokens=False)["input_ids"]
         got = self.client.tokenize(self.served_model, probe)
         if got != expected:
+            fix = "Start the server from the learner's model." if self.refreshable else "Serve a teacher that uses "
+            fix += "" if self.refreshable else "the learner's tokenizer (its prefixes are token ids of the learner's)."
             raise ValueError(
-                f"The behavior server at {self.base_url} serves {self.served_model!r}, whose tokenizer differs from "
-                f"the learner's (probe {probe!r}: server {got[:12]}..., learner {expected[:12]}...). Start the server "
-                "from the learner's model."
+                f"The {self.role} server at {self.base_url} serves {self.served_model!r}, whose tokenizer differs "
+                f"from the learner's (probe {probe!r}: server {got[:12]}..., learner {expected[:12]}...). {fix}"
             )
         config = (learner.get_base_model() if self.is_peft else learner).config
         root = served.get("root") or self.served_model
         config_path = os.path.join(root, "config.json")
-        if os.path.isfile(config_path):
+        if self.refreshable and os.path.isfile(config_path):  # a teacher may be another model (same tokenizer)
             with open(config_path) as f:
                 server_config = json.load(f)
             ours = config.to_dict()
@@ -237,9 +241,9 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         mode = model_config.get("logprobs_mode")
         if mode is not None and mode != "processed_logprobs":
             raise ValueError(
-                f"The behavior server at {self.base_url} runs with --logprobs-mode {mode}: its sampling log-probs are "
-                "then not log_softmax(logits / temperature), the prefix denominator. Restart it with --logprobs-mode "
-                "processed_logprobs (python -m trl_soup.serve_behavior does)."
+                f"The {self.role} server at {self.base_url} runs with --logprobs-mode {mode}: its sampling log-probs "
+                "are then not log_softmax(logits / temperature), the prefix denominator. Restart it with "
+                "--logprobs-mode processed_logprobs (python -m trl_soup.serve_behavior does)."
             )
         max_logprobs = model_config.get("max_logprobs")
         if max_logprobs is not None and 0 <= max_logprobs < trainer.args.prefix_entropy_logprobs:
@@ -250,7 +254,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         needed = trainer.max_completion_length + 1
         if self.max_model_len is not None and self.max_model_len < needed:
             raise ValueError(
-                f"The behavior server at {self.base_url} has max_model_len={self.max_model_len}, too short for "
+                f"The {self.role} server at {self.base_url} has max_model_len={self.max_model_len}, too short for "
                 f"max_completion_length={trainer.max_completion_length} plus the prompt. Restart it with a larger "
                 "--max-model-len."
             )
@@ -371,6 +375,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         max_new_tokens: int,
         generation_batch_index: int | None = None,
         stream: int = 0,
+        rows: list[dict] | None = None,
     ) -> BehaviorSamples:
         """Thread-safe (HTTP only, no trainer state is written): the prefetcher calls it from a background thread.
 

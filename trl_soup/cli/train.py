@@ -188,6 +188,14 @@ class MathScriptArguments(ScriptArguments):
             "(e.g. reward_model.ground_truth). Overrides the format."
         },
     )
+    reference_column: str | None = field(
+        default=None,
+        metadata={
+            "help": "Column holding a reference completion per problem (a string or chat messages; dotted names "
+            "reach into structs), kept as `reference_completion` for prefix_source='dataset' (e.g. `target`, the "
+            "DeepSeek-R1 trace of Elliott/Openr1-Math-46k-8192). Default none: the column is dropped."
+        },
+    )
     system_prompt: str | None = field(default=None, metadata={"help": "Optional system message. Default none."})
     max_train_samples: int | None = field(
         default=None,
@@ -249,9 +257,11 @@ def load_raw_dataset(script_args: MathScriptArguments, data_format: DatasetForma
 
 
 def prepare_dataset(dataset, script_args: MathScriptArguments, conversational: bool, seed: int = 0):
-    """Rows -> {"prompt": build_prompt(problem), "solution": answer}; other columns are dropped."""
+    """Rows -> {"prompt": build_prompt(problem), "solution": answer} (and "reference_completion" with
+    --reference_column); other columns are dropped."""
     data_format = resolve_format(script_args)
-    for column in (data_format.problem_column, data_format.answer_column):
+    reference = script_args.reference_column
+    for column in (data_format.problem_column, data_format.answer_column, *([reference] if reference else [])):
         if column.split(".")[0] not in dataset.column_names:
             raise ValueError(
                 f"Column {column!r} is not in the data set (columns: {dataset.column_names}). Set --problem_column / "
@@ -262,10 +272,13 @@ def prepare_dataset(dataset, script_args: MathScriptArguments, conversational: b
 
     def to_prompt(row):
         problem = data_format.clean(_problem_text(_get(row, data_format.problem_column)))
-        return {
+        prepared = {
             "prompt": build_prompt(problem, conversational, script_args.system_prompt),
             "solution": str(_get(row, data_format.answer_column)),
         }
+        if reference:
+            prepared["reference_completion"] = _get(row, reference)
+        return prepared
 
     return dataset.map(to_prompt, remove_columns=dataset.column_names, desc="Building prompts")
 
