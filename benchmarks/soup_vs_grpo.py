@@ -22,8 +22,11 @@ breakdown is the time a step waited for behavior samples (all of their sampling 
 prefetching the behavior tokens that were ready in time leave the critical-path decode count. `--hidden_size` /
 `--num_layers` size the CPU model (head dimension 64, MLP 4 x hidden; `--random_init` skips the toy's warm-up);
 `--trainer_cpus` pins the trainer processes (on 2 cores the vLLM CPU server binds its worker to core 0) and
-`--server_cpus` every process of the server. The mean step time, refresh steps included, is printed next to the
-medians.
+`--server_cpus` every process of the server. `--no_eos` makes EOS unreachable for the model (`never_stop`), so every
+completion, behavior response and continuation runs to its budget (`max_completion_length`), as long chain-of-thought
+responses do; meant with `--random_init`. The mean step time, refresh steps included, is printed next to the medians,
+and so is GRPO's generation share of its step (`grpo_generation_share`: median over GRPO steps of the time in TRL's
+`_generate_single_turn` over the step time). `benchmarks/cost_curves.py` sweeps this script.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import urllib.request
 GPU_MODEL = dict(hidden_size=896, num_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864)
 KEYS = (
     "step_time",
+    "generation",
     "behavior_sample",
     "behavior_wait",
     "continuation",
@@ -65,6 +69,23 @@ def cpu_model_sizes(args) -> dict:
         num_key_value_heads=heads,
         intermediate_size=4 * args.hidden_size,
     )
+
+
+def never_stop(model, eos_token_id: int, *, scale: float = 100.0) -> None:
+    """Make `eos_token_id` unreachable, in place: residual dimension 0 of every input embedding is set to 1, and the
+    output head's EOS row to `-scale` on that dimension and 0 elsewhere. On a random-init model the embeddings and
+    every layer's output are small (init std 0.02), so that dimension stays near 1 through the body, the final norm
+    keeps it positive and large, and the EOS logit is about -100 / RMS(hidden state): -773 at 128 x 2, -140 at
+    1024 x 3 (50M parameters), while every other logit stays within 2 of 0, so no sampler (transformers or vLLM)
+    draws EOS. Training moves neither by more than the learning rate per step, and the EOS gradient is ~0. Not for
+    a trained model (dimension 0 of its embeddings carries meaning)."""
+    import torch
+
+    with torch.no_grad():
+        model.get_input_embeddings().weight[:, 0] = 1.0
+        head = model.get_output_embeddings().weight
+        head[eos_token_id] = 0.0
+        head[eos_token_id, 0] = -scale
 
 
 def worker(args) -> None:
@@ -124,7 +145,8 @@ def worker(args) -> None:
                     }
                 )
                 # Decoding by the current policy: everything generated minus the wait for behavior samples.
-                steps[-1]["continuation"] = timings.pop("generation", 0.0) - wait
+                steps[-1]["generation"] = timings.pop("generation", 0.0)
+                steps[-1]["continuation"] = steps[-1]["generation"] - wait
 
     gpu = args.mode == "gpu"
     common = dict(
@@ -172,6 +194,8 @@ def worker(args) -> None:
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
     else:
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
+    if args.no_eos and args.mode != "vllm_server":  # the server's model was saved with it (behavior_server)
+        never_stop(model, tokenizer.eos_token_id)
     trainer = Timed(
         model=model,
         reward_funcs=toy.char_match_reward,
@@ -180,7 +204,7 @@ def worker(args) -> None:
         processing_class=tokenizer,
         callbacks=[Collect()],
     )
-    if args.worker == "soup":
+    if args.worker == "soup" and trainer.behavior is not None:  # T = 1 builds no behavior copy (plain DAPO)
         trainer.behavior.sample = timed("behavior_sample", trainer.behavior.sample)
         trainer.behavior.refresh = timed("refresh", trainer.behavior.refresh)
     trainer.train()
@@ -196,7 +220,8 @@ def run_child(args, which: str, index: int) -> dict:
     command = [sys.executable, __file__, "--worker", which, "--result", result] + [
         f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "result", "output") and v is not None
     ]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(os.path.join(args.output_dir, f"{which}-{index}.log"), "wb") as log:  # the child's output, if it fails
+        subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT)
     with open(result) as f:
         return json.load(f)
 
@@ -208,6 +233,8 @@ def behavior_server(args):
 
     model_dir = os.path.join(args.output_dir, "model")
     model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
+    if args.no_eos:
+        never_stop(model, tokenizer.eos_token_id)
     toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
     if args.server_url:
         yield args.server_url
@@ -312,6 +339,14 @@ def main():
         default=False,
         help="CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)",
     )
+    parser.add_argument(
+        "--no_eos",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="make EOS unreachable (never_stop): every completion is max_completion_length tokens; with --random_init",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--trainer_cpus",
@@ -375,6 +410,9 @@ def main():
         + " ".join(f"{r:.3f}" for r in per_repeat)
         + f"  (spread {max(per_repeat) - min(per_repeat):.3f})"
     )
+    shares = [s["generation"] / s["step_time"] for s in steps["grpo"] if s["step_time"] > 0]
+    generation_share = statistics.median(shares) if shares else float("nan")  # GRPO's generation / its step
+    print(f"GRPO generation share of step time (median): {generation_share:.3f}")
     print(
         "SOUP time breakdown (median s/step): "
         + ", ".join(
@@ -395,6 +433,7 @@ def main():
         "peak_memory_ratio": peak["soup"] / peak["grpo"],
         "critical_path_decode_ratio": ratio("decode_critical"),
         "total_decode_ratio": ratio("decode_total"),
+        "grpo_generation_share": generation_share,
     }
     with open(args.output or os.path.join(args.output_dir, "results.json"), "w") as f:
         json.dump(
