@@ -10,6 +10,8 @@ script prints per-step medians, the ratios SOUP / GRPO and SOUP's time breakdown
     python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2   # behavior server, 2 batches sampled ahead
     python benchmarks/soup_vs_grpo.py --mode gpu --max_completion_length 256 --batch_size 64   # CUDA, bf16, 0.36B
     python benchmarks/soup_vs_grpo.py --old_logps_from_loss_forward      # no pi_old forward (SOUPConfig field)
+    python benchmarks/soup_vs_grpo.py --pool_size 3                      # a pool of 3 snapshots, "uniform" rows
+    python benchmarks/soup_vs_grpo.py --mode vllm_server --lora_rank 8 --pool_size 3   # 3 LoRA members on the server
     python benchmarks/soup_vs_grpo.py --mode vllm_server --prefetch 2 --trainer_cpus 1 --hidden_size 1024 \
         --num_layers 4 --random_init --steps 10 --repeats 1             # 50M parameters, server on a core of its own
 
@@ -174,8 +176,12 @@ def worker(args) -> None:
                 behavior_refresh_dir=os.path.join(args.output_dir, "refresh"),
             )
         )
+        if args.lora_rank and args.mode == "vllm_server":  # LoRA members on the server (needed for a pool there)
+            server["behavior_refresh_method"] = "lora"
         config = SOUPConfig(
             **common,
+            behavior_pool_size=args.pool_size,
+            behavior_pool_sampling=args.pool_sampling if args.pool_size > 1 else "newest",
             prefix_ratio=args.prefix_ratio,
             behavior_refresh_interval=args.refresh_interval,
             prefix_strategy=args.prefix_strategy,
@@ -196,6 +202,13 @@ def worker(args) -> None:
         model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
     if args.no_eos and args.mode != "vllm_server":  # the server's model was saved with it (behavior_server)
         never_stop(model, tokenizer.eos_token_id)
+    peft_config = None
+    if args.lora_rank:  # the same adapter for GRPO and SOUP
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=args.lora_rank, lora_alpha=2 * args.lora_rank, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     trainer = Timed(
         model=model,
         reward_funcs=toy.char_match_reward,
@@ -203,6 +216,7 @@ def worker(args) -> None:
         train_dataset=toy.build_dataset(4096, seed=0),
         processing_class=tokenizer,
         callbacks=[Collect()],
+        peft_config=peft_config,
     )
     if args.worker == "soup" and trainer.behavior is not None:  # T = 1 builds no behavior copy (plain DAPO)
         trainer.behavior.sample = timed("behavior_sample", trainer.behavior.sample)
@@ -256,6 +270,11 @@ def behavior_server(args):
         "512",
         "--gpu-memory-utilization",
         "0.1",
+        *(
+            ["--enable-lora", "--max-lora-rank", str(max(8, args.lora_rank)), "--max-loras", str(args.pool_size)]
+            if args.lora_rank
+            else []
+        ),
         "--",
         "--enforce-eager",
         "--seed",
@@ -323,6 +342,15 @@ def main():
         default=None,
         help="SOUPConfig.old_logps_from_loss_forward: default (None) and true take pi_old from the loss forward "
         "(no pi_old pass) where generation and optimisation are aligned; false forces the separate forward",
+    )
+    parser.add_argument("--pool_size", type=int, default=1, help="SOUPConfig.behavior_pool_size (K snapshots)")
+    parser.add_argument("--pool_sampling", default="uniform", help="behavior_pool_sampling when --pool_size > 1")
+    parser.add_argument(
+        "--lora_rank",
+        type=int,
+        default=0,
+        help="train a LoRA adapter of this rank (GRPO and SOUP alike; all linear layers); with --mode vllm_server "
+        "the behavior copy is refreshed as LoRA adapters (behavior_refresh_method='lora'). 0: full fine-tuning",
     )
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
@@ -427,6 +455,8 @@ def main():
         "prefix_ratio": args.prefix_ratio,
         "old_logps_from_loss_forward": args.old_logps_from_loss_forward,
         "refresh_interval": args.refresh_interval,
+        "pool_size": args.pool_size,
+        "lora_rank": args.lora_rank,
         "step_time_ratio": ratio("step_time"),
         "step_time_ratio_per_repeat": per_repeat,
         "step_time_ratio_spread": max(per_repeat) - min(per_repeat),
