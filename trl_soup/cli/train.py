@@ -344,6 +344,9 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
     trainer.save_state()  # output_dir/trainer_state.json: the log history (reward, soup/ metrics)
     if training_args.process_index == 0:
         print(f"[soup_math] saved the model and trainer_state.json to {training_args.output_dir}", flush=True)
+    # Ends trackers and destroys the process group before the interpreter exits: without it a gloo rank could
+    # abort at exit ("terminate called without an active exception", exit code -6) after a finished run.
+    trainer.accelerator.end_training()
     return trainer
 
 
