@@ -178,6 +178,30 @@ def test_train_runs_in_process_on_local_data(tmp_path):
     assert [h["soup/relay_batch"] for h in logs] == [0.0, 1.0]
 
 
+def test_end_distributed_process_exits_with_the_code_after_atexit_and_a_flush(tmp_path):
+    """The exit of every process of a multi-process `train` run (and of the multi-process test scripts): `os._exit`
+    with the given status, after the atexit handlers ran and buffered output was flushed; nothing after it runs.
+    Without a process group it skips the barrier (2-process runs: test_recipes_math's DDP and ZeRO-3 tests)."""
+    marker = tmp_path / "marker.txt"
+    script = (
+        "import atexit, sys\n"
+        "from pathlib import Path\n"
+        "from trl_soup.cli.train import end_distributed_process\n"
+        "marker = Path(sys.argv[1])\n"
+        "atexit.register(marker.write_text, 'atexit ran')\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "end_distributed_process(3)\n"
+        "marker.write_text('returned')\n"
+    )
+    env = {k: v for k, v in ENV.items() if k != "PYTHONUNBUFFERED"}  # stdout is a pipe: block-buffered
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(marker)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300
+    )
+    assert done.returncode == 3, done.stderr[-4000:]
+    assert done.stdout == "buffered, no newline"
+    assert marker.read_text() == "atexit ran"
+
+
 # -------------------------------------------------------------------------------------------------------------- toy
 @pytest.mark.slow
 def test_toy_prints_the_summary_line(tmp_path):

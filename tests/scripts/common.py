@@ -9,8 +9,6 @@ import os
 import sys
 from typing import NoReturn
 
-import torch.distributed as dist
-
 TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if TESTS_DIR not in sys.path:
     sys.path.insert(1, TESTS_DIR)  # after the script's folder, as pytest puts it for the test files
@@ -24,6 +22,7 @@ from testing_utils import (  # noqa: E402
     toy_trainer,
 )
 
+from trl_soup.cli.train import end_distributed_process  # noqa: E402
 from trl_soup.toy import char_match_reward  # noqa: E402
 
 __all__ = [
@@ -73,19 +72,8 @@ def write_json(path: str, obj) -> None:
 
 
 def end_run(code: int) -> NoReturn:
-    """End a multi-process script with exit status `code`: a barrier, then `os._exit`.
-
-    Every rank writes its own files before calling this (no `all_gather_object` of the reports). The barrier is the
-    last collective: once it returns, every peer has finished its collectives and written its files. `os._exit` then
-    skips interpreter finalisation and C++ static destructors, which on these runs would tear down with the gloo
-    process group still alive: `destroy_process_group` does not stop gloo's worker and transport threads
-    (`pt_gloo_runloop`, `gloo_tcp_loop` are still running after it, the DDP / DeepSpeed wrappers keep the group), so
-    an exit-time teardown races those threads; on a busy 2-core machine that race ended in SIGABRT ("terminate called
-    without an active exception") after training had finished. Nothing of value is lost: the results are on disk
-    and closed, and stdout / stderr are flushed here.
-    """
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """End a multi-process script with exit status `code`: `trl_soup.cli.train.end_distributed_process` (a barrier,
+    then `os._exit`, as the training recipe ends). Every rank writes its own files before calling this (no
+    `all_gather_object` of the reports): once the barrier returns, every peer has finished its collectives and written
+    them."""
+    end_distributed_process(code)

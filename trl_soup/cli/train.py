@@ -49,6 +49,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
@@ -344,10 +345,35 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
     trainer.save_state()  # output_dir/trainer_state.json: the log history (reward, soup/ metrics)
     if training_args.process_index == 0:
         print(f"[soup_math] saved the model and trainer_state.json to {training_args.output_dir}", flush=True)
-    # Ends trackers and destroys the process group before the interpreter exits: without it a gloo rank could
-    # abort at exit ("terminate called without an active exception", exit code -6) after a finished run.
-    trainer.accelerator.end_training()
     return trainer
+
+
+def end_distributed_process(code: int = 0, trainer=None) -> NoReturn:
+    """End one process of a finished multi-process run with exit status `code`, without interpreter finalisation.
+
+    A barrier first (the last collective: once it returns, every peer has finished its collectives and written its
+    files), then `trainer.end()` (trackers finish, the process group is destroyed), `atexit` handlers, flushed
+    streams and `os._exit(code)`. Why `os._exit`: `destroy_process_group` does not stop gloo's worker and transport
+    threads (the DDP and DeepSpeed wrappers keep the group alive), and a normal exit tears the interpreter and C++
+    statics down under them. On the 2-core CI machine that race aborted a rank after a finished and saved run in about
+    1 run in 40 ("terminate called without an active exception", exit -6; pytorch/pytorch#190489 describes the
+    mechanism). `os._exit` skips both teardowns, so the race cannot happen; what the run produced is on disk and
+    closed by then.
+    """
+    import atexit
+    import logging
+
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if trainer is not None:
+        trainer.end()
+    atexit._run_exitfuncs()  # what a normal exit would run (logging.shutdown among them), while the interpreter lives
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def choose_trainer(argv: list[str]) -> str:
@@ -416,7 +442,12 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
         launch_args = accelerate_launch_arguments(parser, argv, accelerate_config)
         launch_command(launch_command_parser().parse_args(launch_args))
         return 0
-    main(*parser.parse_args_and_config(argv)).end()  # end(): close trackers and the process group
+    import torch.distributed as dist
+
+    trainer = main(*parser.parse_args_and_config(argv))
+    if dist.is_available() and dist.is_initialized():  # one of 2 or more processes of `accelerate launch`
+        end_distributed_process(0, trainer)
+    trainer.end()  # close trackers
     return 0
 
 
