@@ -264,6 +264,17 @@ def run_point(point: dict, args, server_url: str | None) -> dict:
         return {**record, "status": "ok", **summarize_run(json.load(f))}
 
 
+def shared_server_args(soup_vs_grpo, size: str, args) -> argparse.Namespace:
+    """The arguments of soup_vs_grpo's `behavior_server` for the shared server of `size`: soup_vs_grpo's own parser
+    with the sweep's model and cores (so every option that function reads has its default)."""
+    hidden, layers = model_dims(size)
+    argv = ["--mode", "vllm_server", "--random_init", "--no_eos", "--hidden_size", str(hidden)]
+    argv += ["--num_layers", str(layers), "--output_dir", str(Path(args.work_dir) / f"server-{size}")]
+    return soup_vs_grpo.make_parser().parse_args(
+        argv + (["--server_cpus", args.server_cpus] if args.server_cpus else [])
+    )
+
+
 @contextlib.contextmanager
 def shared_server(size: str, args):
     """Yield the URL of a behavior server on the model of `size` (soup_vs_grpo's own, `--random_init --no_eos`),
@@ -274,16 +285,7 @@ def shared_server(size: str, args):
     sys.path.insert(0, str(SCRIPT.parent))
     import soup_vs_grpo
 
-    hidden, layers = model_dims(size)
-    server_args = argparse.Namespace(
-        output_dir=str(Path(args.work_dir) / f"server-{size}"),
-        random_init=True,
-        no_eos=True,
-        hidden_size=hidden,
-        num_layers=layers,
-        server_url=None,
-        server_cpus=args.server_cpus,
-    )
+    server_args = shared_server_args(soup_vs_grpo, size, args)
     os.makedirs(server_args.output_dir, exist_ok=True)
     with soup_vs_grpo.behavior_server(server_args) as url:
         yield url

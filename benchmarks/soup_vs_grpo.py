@@ -240,19 +240,9 @@ def run_child(args, which: str, index: int) -> dict:
         return json.load(f)
 
 
-@contextlib.contextmanager
-def behavior_server(args):
-    """Yield the behavior server's URL: `--server_url`, or a server started here on the toy model (CPU flags)."""
-    from trl_soup import toy
-
-    model_dir = os.path.join(args.output_dir, "model")
-    model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
-    if args.no_eos:
-        never_stop(model, tokenizer.eos_token_id)
-    toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
-    if args.server_url:
-        yield args.server_url
-        return
+def server_command(args, model_dir: str) -> tuple[list[str], dict[str, str], str]:
+    """The command line, environment and URL of a behavior server on `model_dir` on a free local port: LoRA adapters
+    (`--max-loras` = the pool size) with `--lora_rank`, every process pinned to `--server_cpus`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -284,9 +274,25 @@ def behavior_server(args):
     if args.server_cpus:  # every server process on these cores, its OpenMP worker bound to them, none reserved
         command = ["taskset", "-c", args.server_cpus] + command
         env.update(VLLM_CPU_OMP_THREADS_BIND=args.server_cpus, VLLM_CPU_NUM_OF_RESERVED_CPU="0")
+    return command, env, f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def behavior_server(args):
+    """Yield the behavior server's URL: `--server_url`, or a server started here on the toy model (CPU flags)."""
+    from trl_soup import toy
+
+    model_dir = os.path.join(args.output_dir, "model")
+    model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
+    if args.no_eos:
+        never_stop(model, tokenizer.eos_token_id)
+    toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
+    if args.server_url:
+        yield args.server_url
+        return
+    command, env, url = server_command(args, model_dir)
     log = open(os.path.join(args.output_dir, "server.log"), "wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -326,7 +332,7 @@ def median(rows, key):
     return statistics.median(r[key] for r in rows) if rows else float("nan")
 
 
-def main():
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", default="local", choices=["local", "gpu", "vllm_server"])
     parser.add_argument("--prefetch", type=int, default=0, help="behavior_prefetch (vllm_server mode only)")
@@ -392,6 +398,11 @@ def main():
     parser.add_argument("--output", default=None, help="JSON file for the results (default <output_dir>/results.json)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main():
+    parser = make_parser()
     args = parser.parse_args()
     if args.worker:
         return worker(args)

@@ -258,3 +258,25 @@ def test_smoke_point_end_to_end(tmp_path):
     assert point["total_decode_ratio"] == pytest.approx(1.5)
     assert 0 < point["grpo_generation_share"] < 1
     assert (tmp_path / "cc.png").exists()
+
+
+def test_shared_server_command_has_the_sweep_model_and_cores(tmp_path):
+    """The vllm_server sweep's shared server: soup_vs_grpo's server command for the point's model size, pinned to
+    --server_cpus, full-weight refresh (no LoRA flags). Built from soup_vs_grpo's parser, so an option that
+    `server_command` reads cannot be missing (the pool's --lora_rank once was: AttributeError at the first server)."""
+    import argparse
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import soup_vs_grpo
+
+    sweep = argparse.Namespace(work_dir=str(tmp_path), server_cpus="0")
+    args = cost_curves.shared_server_args(soup_vs_grpo, "256x3", sweep)
+    assert (args.hidden_size, args.num_layers, args.random_init, args.no_eos) == (256, 3, True, True)
+    assert args.output_dir == str(tmp_path / "server-256x3")
+    command, env, url = soup_vs_grpo.server_command(args, "MODEL")
+    assert command[:3] == ["taskset", "-c", "0"] and env["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    assert command[command.index("--model") + 1] == "MODEL" and "--enable-lora" not in command
+    assert url == f"http://127.0.0.1:{command[command.index('--port') + 1]}"
+    lora = soup_vs_grpo.make_parser().parse_args(["--lora_rank", "4", "--pool_size", "3"])
+    command, _, _ = soup_vs_grpo.server_command(lora, "MODEL")
+    assert command[command.index("--max-lora-rank") + 1] == "8" and command[command.index("--max-loras") + 1] == "3"
