@@ -361,7 +361,6 @@ def end_distributed_process(code: int = 0, trainer=None) -> NoReturn:
     closed by then.
     """
     import atexit
-    import logging
 
     import torch.distributed as dist
 
@@ -370,7 +369,6 @@ def end_distributed_process(code: int = 0, trainer=None) -> NoReturn:
     if trainer is not None:
         trainer.end()
     atexit._run_exitfuncs()  # what a normal exit would run (logging.shutdown among them), while the interpreter lives
-    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
