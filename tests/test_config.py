@@ -52,6 +52,8 @@ PLUMBING_FIELDS = (
     "behavior_server_max_retries",
     "behavior_refresh_method",
     "behavior_server_group_port",
+    "behavior_server_token",
+    "behavior_server_ca_file",
     "behavior_refresh_dir",
     "prefix_entropy_logprobs",
 )
@@ -480,9 +482,11 @@ def test_nccl_refresh_refused_on_cpu(tmp_path):
 @pytest.mark.parametrize(
     "where", [dict(behavior_server_base_url="http://10.1.2.3:8001"), dict(behavior_server_host="gpu-node-7")]
 )
-def test_non_loopback_behavior_server_warns(tmp_path, where):
-    with pytest.warns(UserWarning, match="dev-mode endpoints.*reload weights"):
-        make_config(tmp_path, behavior_backend="vllm_server", **where)
+def test_non_loopback_behavior_server_needs_a_token(tmp_path, where):
+    message = refused(tmp_path, behavior_backend="vllm_server", **where)
+    assert "dev-mode endpoints" in message and "TRL_SOUP_SERVER_TOKEN" in message  # more in tests/test_server_auth.py
+    with pytest.warns(UserWarning, match="clear text"):
+        make_config(tmp_path, behavior_backend="vllm_server", behavior_server_token="secret", **where)
 
 
 def test_loopback_behavior_server_does_not_warn(tmp_path):

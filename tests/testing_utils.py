@@ -205,12 +205,13 @@ PROBE = "copy:31415926=31415926"
 """The fixed sequence a behavior server's weights are checked on."""
 
 
-def probe_logps(url, tokenizer, model_name):
-    """log-probs (temperature 1) the server gives to the tokens of ``PROBE``."""
+def probe_logps(url, tokenizer, model_name, **client_kwargs):
+    """log-probs (temperature 1) the server gives to the tokens of ``PROBE``; ``client_kwargs`` (``token``,
+    ``ca_file``) go to the client."""
     from trl_soup.behavior.server_client import BehaviorServerClient
 
     ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-    client = BehaviorServerClient(url)
+    client = BehaviorServerClient(url, **client_kwargs)
     choice = client.complete(
         {"model": model_name, "prompt": ids, "max_tokens": 1, "prompt_logprobs": 0, "temperature": 1.0}
     )[0]

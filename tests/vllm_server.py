@@ -41,6 +41,7 @@ import importlib.util
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -256,19 +257,26 @@ class ServerURL(str):
         _wait_group_gone(self.process, timeout=10)
 
 
-def wait_for_health(url: str, timeout: float, process: subprocess.Popen | None = None, interval: float = 0.5) -> None:
-    """Poll GET `url`/health until it answers 200.
+def wait_for_health(
+    url: str,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+    interval: float = 0.5,
+    ca_file: str | None = None,
+) -> None:
+    """Poll GET `url`/health until it answers 200 (an https `url` is verified with `ca_file`).
 
     Raises:
         RuntimeError: the process exited first.
         TimeoutError: no 200 within `timeout` seconds.
     """
     deadline = time.monotonic() + timeout
+    context = ssl.create_default_context(cafile=ca_file) if url.startswith("https://") else None
     while True:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"vLLM server exited with code {process.returncode} before becoming healthy")
         try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as response:
+            with urllib.request.urlopen(url + "/health", timeout=5, context=context) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
@@ -287,6 +295,8 @@ def start_vllm_server(
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     log_path: str | None = None,
+    serve_behavior_args: Sequence[str] | None = None,
+    ca_file: str | None = None,
 ) -> Iterator[ServerURL]:
     """Start a vLLM OpenAI-compatible server on `model_dir`, wait for /health, yield its base URL, then stop it.
 
@@ -300,6 +310,10 @@ def start_vllm_server(
         env: extra environment variables for the server.
         log_path: where the server's stdout / stderr go (default: a temporary file, removed on exit unless the
             start-up failed).
+        serve_behavior_args: when given, start the server through `python -m trl_soup.serve_behavior` with these
+            arguments (e.g. `("--token-file", path, "--ssl-keyfile", key, "--ssl-certfile", cert)`); the vLLM
+            arguments above follow its `--`.
+        ca_file: the server serves https with a certificate this CA file verifies: the URL is `https://127.0.0.1:PORT`.
 
     Yields:
         A `ServerURL`: the base URL as a `str`, plus `.process`, `.log_path`, `.log_tail()`, `.kill()`.
@@ -335,22 +349,26 @@ def start_vllm_server(
         server_env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     if env:
         server_env.update(env)
+    module, launcher_args = "vllm.entrypoints.openai.api_server", []
+    if serve_behavior_args is not None:  # trl-soup's launcher: its own flags, then vLLM's after `--`
+        module, launcher_args = "trl_soup.serve_behavior", [*serve_behavior_args, "--"]
     command = [
         sys.executable,
         "-m",
-        "vllm.entrypoints.openai.api_server",
+        module,
         "--model",
         os.fspath(model_dir),
         "--host",
         "127.0.0.1",
         "--port",
         str(port),
+        *launcher_args,
         *DEFAULT_ARGS,
         *kv_args,
         *(LORA_ARGS if enable_lora else ()),
         *extra_args,
     ]
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
@@ -363,7 +381,7 @@ def start_vllm_server(
     failed = False
     try:
         try:
-            wait_for_health(url, timeout, process)
+            wait_for_health(url, timeout, process, ca_file=ca_file)
         except (RuntimeError, TimeoutError) as error:
             failed = True
             _stop(process)

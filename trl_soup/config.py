@@ -5,20 +5,19 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field, fields
-from urllib.parse import urlparse
 
 import torch
 from trl import GRPOConfig
 
 from .pool import available_pool_samplings
 from .refresh import available_refresh_policies
+from .server_auth import TOKEN_ENV, check_server_address, client_token
 from .sources import available_prefix_sources, source_names
 from .truncation import available_prefix_strategies
 
 # Backends for the behavior policy (trl_soup.behavior).
 BEHAVIOR_BACKENDS = ("local", "vllm_server")
 BEHAVIOR_REFRESH_METHODS = ("disk", "lora", "nccl")
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 # Options of the vllm_server backend, and of the truncation strategies, that another choice ignores.
 SERVER_FIELDS = (
     "behavior_server_base_url",
@@ -131,6 +130,14 @@ class SOUPConfig(GRPOConfig):
             `"vllm_server"`: how the server gets the learner's weights every T batches: `"disk"` (saved, merged under
             PEFT, and reloaded; works on CPU), `"lora"` (PEFT only: the adapter under a new name) or `"nccl"` (TRL's
             weight transfer; needs CUDA).
+        behavior_server_token (`str` or `None`, *optional*, defaults to `None`):
+            `"vllm_server"` and the `"teacher"` source: the token of servers started with one (`trl-soup
+            serve-behavior` with `TRL_SOUP_SERVER_TOKEN` or `--token-file`), sent on every request; None: read
+            `TRL_SOUP_SERVER_TOKEN`. Needed for a server off the loopback. Never logged nor saved: `to_dict` and
+            `repr` show a placeholder, and a pickled config (`training_args.bin`) holds None.
+        behavior_server_ca_file (`str` or `None`, *optional*, defaults to `None`):
+            `"vllm_server"` and the `"teacher"` source with an `https://` URL: CA certificates that verify the
+            server (a self-signed server's certificate itself); None: the system's.
         behavior_server_group_port (`int`, *optional*, defaults to `51217`):
             `"vllm_server"` with `"nccl"` refresh: port of the weight-update group (distinct from `vllm_group_port`).
         behavior_refresh_dir (`str` or `None`, *optional*, defaults to `None`):
@@ -348,6 +355,24 @@ class SOUPConfig(GRPOConfig):
             "under a new name; 'nccl': TRL's weight transfer (GPU). Default 'disk'."
         },
     )
+    behavior_server_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm_server backend and the 'teacher' prefix source: the token of servers started with one "
+            f"(trl-soup serve-behavior with {TOKEN_ENV} or --token-file), sent as 'Authorization: Bearer' on every "
+            f"request. None: read {TOKEN_ENV} from the environment (preferred: a command-line flag shows in `ps`). "
+            "Needed for a server off this machine's loopback. Never logged nor saved: to_dict and repr show a "
+            "placeholder, and pickled configs (training_args.bin) hold None. Default None."
+        },
+    )
+    behavior_server_ca_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "vllm_server backend and the 'teacher' prefix source with an https:// URL: a file of CA "
+            "certificates that verify the server (for a self-signed server, its certificate). None: the system's "
+            "CA certificates. Default None."
+        },
+    )
     behavior_server_group_port: int = field(
         default=51217,
         metadata={
@@ -413,9 +438,19 @@ class SOUPConfig(GRPOConfig):
         """The behavior server's base URL: ``behavior_server_base_url``, else built from host and port."""
         return self.behavior_server_base_url or f"http://{self.behavior_server_host}:{self.behavior_server_port}"
 
+    def __repr__(self):
+        # @dataclass would write every field, the server token included; TrainingArguments.__str__ masks `*_token`.
+        return str(self)
+
+    def __getstate__(self):
+        """Pickled copies (checkpoints' ``training_args.bin``; ``copy.deepcopy`` too) hold no server token: their
+        ``behavior_server_token`` is None, so they read ``TRL_SOUP_SERVER_TOKEN`` like an unset field."""
+        return {**self.__dict__, "behavior_server_token": None}
+
     def __post_init__(self):
         # SOUP's own fields first, so a typo there is reported before anything else happens.
         self._validate_soup_fields()
+        self._check_server_addresses()
         super().__post_init__()
         self._validate_grpo_compatibility()
         self._warn_ignored_options()
@@ -497,15 +532,6 @@ class SOUPConfig(GRPOConfig):
         if url is not None and not str(url).startswith(("http://", "https://")):
             raise ValueError(f"behavior_server_base_url={url!r} is invalid: it must start with http:// or https://.")
         if self.behavior_backend == "vllm_server":
-            host = urlparse(url).hostname if url is not None else self.behavior_server_host
-            if host not in LOOPBACK_HOSTS:
-                warnings.warn(
-                    f"The behavior server is at {host!r}, not on this machine's loopback: it runs vLLM's dev-mode "
-                    "endpoints (VLLM_SERVER_DEV_MODE=1), which reload weights for anyone who can reach them. Keep it "
-                    "on a private network, or use 127.0.0.1.",
-                    UserWarning,
-                    stacklevel=3,
-                )
             if self.behavior_refresh_method == "nccl" and (self.use_cpu or not torch.cuda.is_available()):
                 raise ValueError(
                     "behavior_refresh_method='nccl' needs CUDA GPUs (TRL's NCCL weight transfer), and this run has "
@@ -530,6 +556,21 @@ class SOUPConfig(GRPOConfig):
                 f"prefix_strategy={self.prefix_strategy!r} ignores it. Allowed: prefix_budget=None with "
                 f"{self.prefix_strategy!r}, or prefix_strategy='fixed_budget'."
             )
+
+    def _check_server_addresses(self):
+        """Refuse a behavior or teacher server off the loopback without a token; warn when the token would cross the
+        network in clear text (the rule: :func:`trl_soup.server_auth.check_server_address`)."""
+        servers = []
+        if self.behavior_backend == "vllm_server":
+            option = "behavior_server_base_url" if self.behavior_server_base_url else "behavior_server_host"
+            servers.append((self.behavior_server_url, option))
+        if "teacher" in source_names(self):
+            servers.append((self.prefix_teacher_base_url, "prefix_teacher_base_url"))
+        has_token = bool(servers) and client_token(self.behavior_server_token) is not None  # checks its form too
+        for url, option in servers:
+            warning = check_server_address(url, has_token, option)
+            if warning:
+                warnings.warn(warning, UserWarning, stacklevel=4)
 
     def _validate_prefix_sources(self):
         known = available_prefix_sources()

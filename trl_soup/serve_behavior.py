@@ -3,7 +3,12 @@
     python -m trl_soup.serve_behavior --model Qwen/Qwen2.5-Math-7B [--port 8001] [--enable-lora] [-- EXTRA VLLM ARGS]
 
 - Binds to 127.0.0.1 unless ``--host`` says otherwise: the server runs in vLLM's dev mode, whose endpoints can reload
-  weights, and must not face a network.
+  weights. Any other address needs a token.
+- With a token (``TRL_SOUP_SERVER_TOKEN`` in the environment, or ``--token-file PATH``) every route but ``/health``
+  requires ``Authorization: Bearer <token>``, dev-mode routes included (``trl_soup.server_auth.TokenAuthMiddleware``,
+  loaded with vLLM's ``--middleware``). The token never goes on the command line: the server reads it from its
+  environment, or from the file (then only the file's path is passed). ``--ssl-keyfile`` / ``--ssl-certfile`` serve
+  TLS (docs/vllm_server.md, "Several nodes").
 - Passes the flags SOUP needs: ``VLLM_SERVER_DEV_MODE=1`` (``/collective_rpc``, ``/reset_prefix_cache``),
   ``--logprobs-mode processed_logprobs`` (behavior log-probs after temperature scaling, like TRL's; with sampling
   filters the backend re-scores responses instead, see docs/deviations.md "The prefix denominator"), enough
@@ -20,7 +25,7 @@ import os
 import shlex
 import sys
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from .server_auth import MIDDLEWARE, TOKEN_ENV, TOKEN_FILE_ENV, check_server_address, server_token
 
 
 def build_parser(prog: str = "python -m trl_soup.serve_behavior") -> argparse.ArgumentParser:
@@ -40,12 +45,30 @@ def build_parser(prog: str = "python -m trl_soup.serve_behavior") -> argparse.Ar
         default=None,
         help="with --enable-lora: LoRA adapters one batch may use (vLLM --max-loras); behavior_pool_size K needs K",
     )
+    parser.add_argument(
+        "--token-file",
+        default=None,
+        help=f"file holding the token every route but /health then requires (default: {TOKEN_ENV} from the "
+        "environment; needed unless --host is loopback)",
+    )
+    parser.add_argument("--ssl-keyfile", default=None, help="TLS private key (with --ssl-certfile: serve https)")
+    parser.add_argument("--ssl-certfile", default=None, help="TLS certificate (with --ssl-keyfile: serve https)")
     parser.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="after `--`: more vLLM arguments, passed as they are")
     return parser
 
 
-def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
+def token_environment(args, environ) -> dict[str, str]:
+    """The server's token variables: ``--token-file`` (its path, as ``TRL_SOUP_SERVER_TOKEN_FILE``), else those of
+    ``environ``; empty without a token. Reads the token once to check it (an unreadable file stops here)."""
+    env = {name: environ[name] for name in (TOKEN_ENV, TOKEN_FILE_ENV) if environ.get(name)}
+    if args.token_file:
+        env = {TOKEN_FILE_ENV: os.path.abspath(args.token_file)}
+    server_token(env)
+    return env
+
+
+def build_command(args, model_dir: str, authenticated: bool = False) -> tuple[list[str], dict[str, str]]:
     command = [
         sys.executable,
         "-m",
@@ -67,6 +90,10 @@ def build_command(args, model_dir: str) -> tuple[list[str], dict[str, str]]:
         command += ["--max-model-len", str(args.max_model_len)]
     if args.gpu_memory_utilization is not None:
         command += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
+    if authenticated:
+        command += ["--middleware", MIDDLEWARE]
+    if args.ssl_keyfile or args.ssl_certfile:
+        command += ["--ssl-keyfile", args.ssl_keyfile, "--ssl-certfile", args.ssl_certfile]
     env = {"VLLM_SERVER_DEV_MODE": "1"}
     if args.enable_lora:
         command += ["--enable-lora", "--max-lora-rank", str(args.max_lora_rank)]
@@ -84,24 +111,36 @@ def cli_main(argv: list[str], prog: str) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m trl_soup.serve_behavior") -> None:
-    args = build_parser(prog).parse_args(argv)
-    if args.host not in LOOPBACK:
-        print(
-            f"[serve_behavior] WARNING: binding to {args.host}. The dev-mode endpoints of this server can reload its "
-            "weights: keep it on a private network.",
-            file=sys.stderr,
-        )
-    command, env = build_command(args, args.model)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    if bool(args.ssl_keyfile) != bool(args.ssl_certfile):
+        parser.error("--ssl-keyfile and --ssl-certfile go together")
+    try:
+        token_env = token_environment(args, os.environ)
+        scheme = "https" if args.ssl_certfile else "http"
+        warning = check_server_address(f"{scheme}://{_url_host(args.host)}:{args.port}", bool(token_env), "--host")
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    if warning:
+        print(f"[serve_behavior] WARNING: {warning}", file=sys.stderr)
+    command, env = build_command(args, args.model, authenticated=bool(token_env))
     host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(
         f"[serve_behavior] pass to SOUPConfig: behavior_backend='vllm_server', "
-        f"behavior_server_base_url='http://{host}:{args.port}'"
+        f"behavior_server_base_url='{scheme}://{_url_host(host)}:{args.port}'"
         + (", behavior_refresh_method='lora'" if args.enable_lora else ", behavior_refresh_method='disk'")
+        + (f"; and {TOKEN_ENV}=<the token> to the training processes" if token_env else "")
     )
-    print("[serve_behavior] " + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(command), flush=True)
+    shown = {**env, **{k: v for k, v in token_env.items() if k != TOKEN_ENV}}  # the token itself is never printed
+    print("[serve_behavior] " + " ".join(f"{k}={v}" for k, v in shown.items()) + " " + shlex.join(command), flush=True)
     if args.dry_run:
         return
-    os.execvpe(command[0], command, {**os.environ, **env})
+    inherited = {k: v for k, v in os.environ.items() if k not in (TOKEN_ENV, TOKEN_FILE_ENV)}
+    os.execvpe(command[0], command, {**inherited, **token_env, **env})
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 if __name__ == "__main__":

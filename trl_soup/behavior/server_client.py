@@ -2,16 +2,21 @@
 
 Standard library only, so the training process needs neither vLLM nor ``requests``. Every call is retried a bounded
 number of times with exponential back-off; then a :class:`BehaviorServerError` names the address and what failed.
+Every request carries the server's token when one is set (``trl_soup.server_auth``), and ``https://`` addresses are
+verified against the system's CA certificates or ``ca_file``.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 import time
 import urllib.error
 import urllib.request
 from urllib.parse import urlparse
+
+from ..server_auth import TOKEN_ENV, auth_headers
 
 
 class BehaviorServerError(RuntimeError):
@@ -44,20 +49,38 @@ def check_reachable(base_url: str, timeout: float) -> None:
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
 
+_UNAUTHORIZED_HINT = (
+    f" The server requires a token: set {TOKEN_ENV} in the training processes' environment (or "
+    f"SOUPConfig.behavior_server_token) to the token the server was started with."
+)
+
+
 class BehaviorServerClient:
-    def __init__(self, base_url: str, max_retries: int = 3, backoff: float = 1.0, request_timeout: float = 600.0):
+    """``token``: sent as ``Authorization: Bearer <token>`` on every request (kept out of messages and ``repr``).
+    ``ca_file``: CA certificates that verify an ``https://`` server (None: the system's, or ``SSL_CERT_FILE``)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        max_retries: int = 3,
+        backoff: float = 1.0,
+        request_timeout: float = 600.0,
+        token: str | None = None,
+        ca_file: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self.backoff = backoff
         self.request_timeout = request_timeout
+        self._headers = {"Content-Type": "application/json", **auth_headers(token)}
+        https = urlparse(self.base_url).scheme == "https"
+        self._ssl_context = ssl.create_default_context(cafile=ca_file) if https else None
 
     # ------------------------------------------------------------------------------------------------ transport
     def _once(self, method: str, path: str, payload: dict | None, timeout: float):
         data = None if payload is None else json.dumps(payload).encode()
-        request = urllib.request.Request(
-            self.base_url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        request = urllib.request.Request(self.base_url + path, data=data, method=method, headers=self._headers)
+        with urllib.request.urlopen(request, timeout=timeout, context=self._ssl_context) as response:
             body = response.read()
         try:
             return json.loads(body) if body else {}
@@ -74,8 +97,10 @@ class BehaviorServerClient:
             except urllib.error.HTTPError as error:
                 detail = error.read().decode(errors="replace")[:2000]
                 if error.code < 500:
+                    hint = _UNAUTHORIZED_HINT if error.code == 401 else ""
                     raise BehaviorServerError(
-                        f"The behavior server at {self.base_url} refused {method} {path} (HTTP {error.code}): {detail}"
+                        f"The behavior server at {self.base_url} refused {method} {path} (HTTP {error.code}): "
+                        f"{detail}{hint}"
                     ) from None
                 last_error = BehaviorServerError(f"HTTP {error.code}: {detail}")
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
@@ -136,3 +161,28 @@ class BehaviorServerClient:
 
     def unload_lora_adapter(self, name: str) -> None:
         self.request("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+
+
+def trl_vllm_client(base_url: str, token: str | None = None, ca_file: str | None = None, **kwargs):
+    """TRL's ``VLLMClient`` (the ``"nccl"`` refresh) whose HTTP requests carry ``token`` and verify ``https://`` with
+    ``ca_file``. Its session gets both as it is created: ``VLLMClient.__init__`` already calls the server. Imports
+    TRL's client (and vLLM) on call."""
+    from trl.generation.vllm_client import VLLMClient
+
+    class AuthenticatedVLLMClient(VLLMClient):
+        @property
+        def session(self):
+            return self._session
+
+        @session.setter
+        def session(self, session):
+            session.headers.update(auth_headers(token))
+            if ca_file:  # without trust_env, REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE would override `verify`
+                session.verify, session.trust_env = ca_file, False
+            self._session = session
+
+        def check_server(self, total_timeout: float = 0.0, retry_interval: float = 2.0) -> None:
+            # TRL's check uses a bare `requests.get`, without the CA file; /health needs no token.
+            BehaviorServerClient(self.base_url, ca_file=ca_file).wait_until_healthy(total_timeout, retry_interval)
+
+    return AuthenticatedVLLMClient(base_url=base_url, **kwargs)

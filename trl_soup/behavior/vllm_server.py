@@ -37,10 +37,11 @@ import torch
 from accelerate.utils import is_peft_model
 
 from ..core import entropy_from_top_logprobs
+from ..server_auth import client_token
 from .base import BehaviorBackend, BehaviorSamples
 from .local import gathered, is_zero3
 from .prefetch import behavior_sampling_seed
-from .server_client import BehaviorServerClient, BehaviorServerError
+from .server_client import BehaviorServerClient, BehaviorServerError, trl_vllm_client
 
 WEIGHTS_FILE = "model.safetensors"
 LORA_PREFIX = "soup-behavior"
@@ -143,6 +144,12 @@ def save_for_server(model, directory: str) -> str:
     return directory
 
 
+def _server_auth(args) -> dict:
+    """What authenticates the clients of a server: the token (``behavior_server_token``, else
+    ``TRL_SOUP_SERVER_TOKEN``; kept in the clients' request headers only) and the CA file for ``https://``."""
+    return {"token": client_token(args.behavior_server_token), "ca_file": args.behavior_server_ca_file}
+
+
 class VLLMServerBehaviorBackend(BehaviorBackend):
     """The behavior copy on a vLLM server, refreshed by disk reload, LoRA loading or NCCL.
 
@@ -173,7 +180,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             )
         if self.method == "nccl" and not torch.cuda.is_available():
             raise ValueError("behavior_refresh_method='nccl' needs CUDA GPUs. Allowed value on CPU: 'disk'.")
-        self.client = BehaviorServerClient(self.base_url, max_retries=args.behavior_server_max_retries)
+        self.client = BehaviorServerClient(self.base_url, args.behavior_server_max_retries, **_server_auth(args))
         self.client.wait_until_healthy(args.behavior_server_timeout)
         models = self.client.models()
         self.served_model = models[0]["id"]
@@ -189,10 +196,9 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         self.vocab_size = (learner.get_base_model() if self.is_peft else learner).config.get_text_config().vocab_size
         self._nccl = None
         if self.method == "nccl" and trainer.accelerator.is_main_process:
-            from trl.generation.vllm_client import VLLMClient  # needs vLLM installed in the training environment
-
-            self._nccl = VLLMClient(
-                base_url=self.base_url,
+            self._nccl = trl_vllm_client(  # needs vLLM installed in the training environment
+                self.base_url,
+                **_server_auth(args),
                 group_port=args.behavior_server_group_port,
                 connection_timeout=args.behavior_server_timeout,
             )
