@@ -9,7 +9,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 . "$VENV/bin/activate"
-if ! python -c "import trl_soup, trl, peft, pytest, deepspeed, math_verify, matplotlib, ruff, nbclient, ipykernel, tensorboard" >/dev/null 2>&1; then
+if ! python -c "import trl_soup, trl, peft, pytest, deepspeed, math_verify, matplotlib, ruff, nbclient, ipykernel, tensorboard, gguf" >/dev/null 2>&1; then
   python -m pip install -q --upgrade pip
   # torch first (the CPU wheel), so that no CUDA build is pulled in by a dependency.
   python -m pip install -q "torch==2.13.0"

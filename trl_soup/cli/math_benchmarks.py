@@ -19,6 +19,7 @@ class Benchmark:
     problem_column: str
     answer_column: str
     config: str | None = None
+    prompt_template: str | None = None  # None: --prompt_template (DEFAULT_PROMPT_TEMPLATE unless given)
 
 
 BENCHMARKS: dict[str, Benchmark] = {
@@ -29,6 +30,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "amc23": Benchmark("math-ai/amc23", "test", "question", "answer"),
     "minerva": Benchmark("math-ai/minervamath", "test", "question", "answer"),
     "olympiadbench": Benchmark("math-ai/olympiadbench", "test", "question", "final_answer"),
+    # Built locally, no download: the held-out split of the arithmetic task for small models (trl_soup.arithmetic).
+    # The bare question, as the training prompts of trl-soup/arithmetic (trl_soup.cli.train.DATASET_FORMATS).
+    "arithmetic": Benchmark("trl-soup/arithmetic", "test", "problem", "answer", prompt_template="{problem}"),
 }
 
 DEFAULT_PROMPT_TEMPLATE = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -63,6 +67,8 @@ def load_problems(
 
     import datasets
 
+    from trl_soup import arithmetic
+
     if dataset_path is not None:
         if os.path.isdir(dataset_path):
             data = datasets.load_from_disk(dataset_path)
@@ -81,7 +87,10 @@ def load_problems(
         if benchmark not in BENCHMARKS:
             raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {benchmark!r}")
         spec = BENCHMARKS[benchmark]
-        data = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
+        if spec.dataset == arithmetic.DATASET_NAME:
+            data = arithmetic.arithmetic_dataset(spec.split)
+        else:
+            data = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
         problem_column, answer_column = spec.problem_column, spec.answer_column
     missing = [c for c in (problem_column, answer_column) if c not in data.column_names]
     if missing:

