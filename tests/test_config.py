@@ -539,3 +539,41 @@ def test_no_ignored_option_warning_for_used_options(tmp_path, recwarn):
     make_config(tmp_path, prefix_strategy="entropy", prefix_entropy_top_k=8)
     make_config(tmp_path, behavior_backend="vllm_server", behavior_server_port=9000)
     assert [str(w.message) for w in recwarn if "is ignored" in str(w.message)] == []
+
+
+# ------------------------------------------------------------------- values GRPOConfig accepts but SOUP cannot use
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (dict(behavior_pool_size=2000), r"behavior_pool_size=2000 is invalid: it must be an integer in \[1, 32\]"),
+        (dict(off_policy_mask_threshold=-1.0), "off_policy_mask_threshold=-1.0 is invalid: it must be a number >= 0"),
+        (dict(epsilon_high=-0.1), "epsilon_high=-0.1 is invalid: it must be a number >= 0, or None"),
+        (dict(importance_sampling_level="seq"), r"importance_sampling_level='seq'.*\['token', 'sequence'\]"),
+        (
+            dict(log_position_statistics="yes"),
+            r"log_position_statistics='yes' is invalid. Allowed values: True, False",
+        ),
+        (
+            dict(behavior_refresh_policy="adaptive", behavior_refresh_interval=4, behavior_refresh_min_interval=6),
+            r"behavior_refresh_min_interval=6 is larger than behavior_refresh_interval=4.*Allowed values: 1 to 4",
+        ),
+    ],
+)
+def test_values_the_loss_cannot_use_are_refused(tmp_path, overrides, expected):
+    """Each was accepted silently before (issue 24, item 6): a negative mask threshold or clip changed the loss, a
+    misspelt level failed only at the first loss, "yes" passed for a bool, a minimum interval above T was ignored."""
+    with pytest.raises(ValueError, match=expected):
+        make_config(tmp_path, **overrides)
+
+
+def test_bounds_accept_their_edges(tmp_path):
+    config = make_config(
+        tmp_path,
+        behavior_pool_size=32,
+        off_policy_mask_threshold=0.0,
+        epsilon_high=None,
+        behavior_refresh_policy="adaptive",
+        behavior_refresh_interval=4,
+        behavior_refresh_min_interval=4,
+    )
+    assert config.behavior_pool_size == 32 and config.behavior_refresh_min_interval == 4

@@ -33,6 +33,10 @@ SERVER_FIELDS = (
 )
 STRATEGY_FIELDS = ("prefix_ratio", "prefix_entropy_top_k")
 REFRESH_POLICY_FIELDS = ("behavior_max_staleness", "behavior_refresh_min_interval")
+# The largest behavior pool: every member is allocated when the run starts (a full copy with the local backend) and
+# logs its own metrics; K = 2000 allocated 4.8 GB on a 0.5M toy model. The paper keeps one copy.
+MAX_POOL_SIZE = 32
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
 POOL_FIELDS = ("behavior_pool_sampling",)
 DATASET_SOURCE_FIELDS = (
     "prefix_dataset_column",
@@ -450,6 +454,7 @@ class SOUPConfig(GRPOConfig):
     def __post_init__(self):
         # SOUP's own fields first, so a typo there is reported before anything else happens.
         self._validate_soup_fields()
+        self._validate_loss_bounds()
         self._check_server_addresses()
         super().__post_init__()
         self._validate_grpo_compatibility()
@@ -494,7 +499,12 @@ class SOUPConfig(GRPOConfig):
         if isinstance(staleness, bool) or not isinstance(staleness, (int, float)) or not staleness >= 0:
             raise ValueError(f"behavior_max_staleness={staleness!r} is invalid: it must be a number >= 0 (nats).")
         self._require_int("behavior_refresh_min_interval", 1, note=" (generation batches; T bounds it above)")
-        self._require_int("behavior_pool_size", 1, note=" (snapshots in the behavior pool; 1 is the paper's one copy)")
+        self._require_int(
+            "behavior_pool_size",
+            1,
+            MAX_POOL_SIZE,
+            note=" (snapshots in the behavior pool, each allocated at start and logged; 1 is the paper's one copy)",
+        )
         samplings = available_pool_samplings()
         if self.behavior_pool_sampling not in samplings:
             raise ValueError(
@@ -555,6 +565,29 @@ class SOUPConfig(GRPOConfig):
                 f"prefix_budget={self.prefix_budget!r} is used only by prefix_strategy='fixed_budget'; "
                 f"prefix_strategy={self.prefix_strategy!r} ignores it. Allowed: prefix_budget=None with "
                 f"{self.prefix_strategy!r}, or prefix_strategy='fixed_budget'."
+            )
+
+    def _validate_loss_bounds(self):
+        """Values a GRPOConfig accepts but the loss or a SOUP rule cannot use: refused before any model work."""
+        if self.importance_sampling_level not in IMPORTANCE_SAMPLING_LEVELS:
+            raise ValueError(
+                f"importance_sampling_level={self.importance_sampling_level!r} is not supported. Allowed values: "
+                f"{list(IMPORTANCE_SAMPLING_LEVELS)}."
+            )
+        for name in ("epsilon_high", "off_policy_mask_threshold"):  # None: off (epsilon_high: = epsilon)
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name}={value!r} is invalid: it must be a number >= 0, or None.")
+        if not isinstance(self.log_position_statistics, bool):
+            raise ValueError(
+                f"log_position_statistics={self.log_position_statistics!r} is invalid. Allowed values: True, False."
+            )
+        interval, minimum = self.behavior_refresh_interval, self.behavior_refresh_min_interval
+        if self.behavior_refresh_policy != "fixed" and minimum > interval:
+            raise ValueError(
+                f"behavior_refresh_min_interval={minimum} is larger than behavior_refresh_interval={interval} (T): "
+                f"the refresh policy {self.behavior_refresh_policy!r} may refresh no sooner than the minimum and no "
+                f"later than T. Allowed values: 1 to {interval}."
             )
 
     def _check_server_addresses(self):
