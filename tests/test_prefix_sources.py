@@ -276,3 +276,17 @@ def test_mixed_sources_resume_mid_window(tmp_path, make_trainer):
         expected, got = _by_step(full, key), _by_step(resumed, key)
         for step in (5, 6):
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (key, step)
+
+
+def test_registered_factory_that_returns_no_backend_is_named(tmp_path, make_trainer):
+    """A factory returning None failed with a bare AttributeError at the first relay batch (issue 24, item 4); now
+    the trainer refuses it when it builds the sources, naming the source and what the factory must return."""
+    from trl_soup.sources import _REGISTRY
+
+    register_prefix_source("returns_none", lambda trainer: None)
+    try:
+        args = soup_args(tmp_path, prefix_source_weights={"behavior": 1, "returns_none": 1}, max_steps=1)
+        with pytest.raises(TypeError, match=r"prefix source 'returns_none' .* returned NoneType, not a backend"):
+            make_trainer(args)
+    finally:
+        _REGISTRY.entries.pop("returns_none")

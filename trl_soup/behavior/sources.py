@@ -288,5 +288,18 @@ def build_prefix_sources(trainer) -> BehaviorBackend:
         if name in ("behavior", "dataset", "on_policy", "teacher"):
             sources[name] = build_builtin_source(name, trainer, behavior)
         else:
-            sources[name] = registered_source_factory(name)(trainer)
+            sources[name] = _registered_source(name, trainer)
     return SourceMixture(trainer, sources, behavior)
+
+
+def _registered_source(name: str, trainer) -> BehaviorBackend:
+    """What the factory registered under ``name`` builds, checked: a backend with ``sample`` (a factory that returns
+    None or something else is reported by name, not as an AttributeError at the first relay batch)."""
+    source = registered_source_factory(name)(trainer)
+    if not callable(getattr(source, "sample", None)):
+        raise TypeError(
+            f"The prefix source {name!r} (trl_soup.register_prefix_source) returned {type(source).__name__}, not a "
+            "backend: its factory(trainer) must return an object with sample(prompt_ids, max_new_tokens, "
+            "generation_batch_index, stream, rows) -> BehaviorSamples, e.g. a trl_soup.behavior.BehaviorBackend."
+        )
+    return source
