@@ -36,6 +36,20 @@ def test_reference_token_ids(tokenizer):
         reference_row_logps([-1.0], 2, "lp")
 
 
+def test_references_outside_the_vocabulary_or_positive_logps_are_refused(tokenizer):
+    """Issue 24, item 4 and 6: an id outside the vocabulary was an IndexError deep in the embedding, and positive
+    values in the log-prob column were taken as log-probs (ratios above 1 with no warning)."""
+    eos, vocabulary = tokenizer.eos_token_id, len(tokenizer)
+    assert reference_token_ids([0, vocabulary - 1], tokenizer, eos, "ref") == [0, vocabulary - 1]
+    for bad in (vocabulary, -1):
+        with pytest.raises(ValueError, match=rf"'ref' holds token id {bad}, outside .*ids 0 to {vocabulary - 1}"):
+            reference_token_ids([3, bad], tokenizer, eos, "ref")
+    assert reference_row_logps([0.0, -3.0], 2, "lp") == [0.0, -3.0]
+    for bad in (0.5, float("nan")):
+        with pytest.raises(ValueError, match=r"prefix_logps_column='lp' holds .*log-probabilities are <= 0"):
+            reference_row_logps([-1.0, bad], 2, "lp")
+
+
 def test_source_weights_and_shares():
     class Args:
         prefix_source = "behavior"

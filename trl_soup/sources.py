@@ -104,6 +104,13 @@ def reference_token_ids(value, tokenizer, eos_token_id: int, column: str) -> lis
     if isinstance(value, str):
         return list(tokenizer(value, add_special_tokens=False)["input_ids"]) + [eos_token_id]
     if isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        vocabulary = len(tokenizer)
+        outside = [v for v in value if not 0 <= v < vocabulary]
+        if outside:
+            raise ValueError(
+                f"prefix_dataset_column={column!r} holds token id {outside[0]}, outside the tokenizer's vocabulary "
+                f"(ids 0 to {vocabulary - 1}): token-id references must come from this model's tokenizer."
+            )
         return list(value)
     if isinstance(value, (list, tuple)) and all(isinstance(v, dict) for v in value):
         text = "".join(str(m.get("content", "")) for m in value if m.get("role") == "assistant")
@@ -123,4 +130,11 @@ def reference_row_logps(value, num_tokens: int, column: str) -> list[float]:
             f"has {got} for {num_tokens} tokens (its reference must then be token ids, sampled by the model whose "
             "log-probs these are)."
         )
-    return [float(v) for v in value]
+    logps = [float(v) for v in value]
+    if any(not logp <= 0.0 for logp in logps):  # NaN too
+        bad = next(logp for logp in logps if not logp <= 0.0)
+        raise ValueError(
+            f"prefix_logps_column={column!r} holds {bad}: log-probabilities are <= 0 (natural log of a probability; "
+            "a positive value is a logit or a probability's negative log)."
+        )
+    return logps
