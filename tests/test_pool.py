@@ -314,3 +314,15 @@ def test_peft_pool_members_are_adapters(tmp_path, tokenizer, make_trainer):
     assert checked == {0, 1, 2}
     trainer.save_model(str(tmp_path / "saved"))
     assert not any(name.startswith("behavior") for name in os.listdir(tmp_path / "saved"))
+
+
+def test_resume_with_another_pool_size_is_refused(tmp_path, make_trainer):
+    """Resuming a K=2 checkpoint with K=1 failed with FileNotFoundError (.../behavior_snapshot.pt; issue 24, item 4):
+    the checkpoint holds the pool's members. Now K is part of the SOUP state and a different K is named."""
+    settings = dict(behavior_refresh_interval=3, max_steps=4, save_strategy="steps", save_steps=4)
+    pool = make_trainer(_pool_args(tmp_path / "pool", behavior_pool_size=2, **settings))
+    pool.train()
+    checkpoint = os.path.join(pool.args.output_dir, "checkpoint-4")
+    resumed = make_trainer(soup_args(tmp_path / "single", **settings))
+    with pytest.raises(ValueError, match=r"trained with behavior_pool_size=2, this run uses 1; resume with the same"):
+        resumed.train(resume_from_checkpoint=checkpoint)

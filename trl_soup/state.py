@@ -35,12 +35,14 @@ class SOUPState:
         behavior_snapshot: whether the checkpoint holds the behavior snapshot (saved mid-window, or a pool's members).
         refresh_schedule: :meth:`trl_soup.refresh.RefreshSchedule.state_dict` (None in checkpoints of 0.1, whose
             refreshes were every T batches: :meth:`schedule` rebuilds it).
+        behavior_pool_size: K of the run that saved it (a resume must use the same K; None in checkpoints of 0.2).
     """
 
     generation_batch_index: int
     behavior_refresh_interval: int
     behavior_snapshot: bool
     refresh_schedule: dict | None = None
+    behavior_pool_size: int | None = None
 
     def schedule(self) -> RefreshSchedule:
         """The refresh schedule to resume with."""
@@ -53,8 +55,9 @@ class SOUPState:
         torch.save(asdict(self), os.path.join(checkpoint, SOUP_STATE_FILE))
 
     @classmethod
-    def load(cls, checkpoint: str, behavior_refresh_interval: int) -> SOUPState:
-        """Read the state of ``checkpoint``; refuse a missing file or a different T with a clear error."""
+    def load(cls, checkpoint: str, behavior_refresh_interval: int, behavior_pool_size: int = 1) -> SOUPState:
+        """Read the state of ``checkpoint``; refuse a missing file, a different T or a different K with a clear
+        error."""
         path = os.path.join(checkpoint, SOUP_STATE_FILE)
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -66,6 +69,11 @@ class SOUPState:
             raise ValueError(
                 f"The checkpoint was trained with behavior_refresh_interval={state.behavior_refresh_interval}, "
                 f"this run uses {behavior_refresh_interval}; resume with the same value."
+            )
+        if state.behavior_pool_size is not None and state.behavior_pool_size != behavior_pool_size:
+            raise ValueError(
+                f"The checkpoint was trained with behavior_pool_size={state.behavior_pool_size}, this run uses "
+                f"{behavior_pool_size}; resume with the same value (the checkpoint holds that pool's members)."
             )
         return state
 

@@ -437,7 +437,9 @@ class SOUPTrainer(GRPOTrainer):
         saved = self.behavior is not None and self.behavior.checkpoint_snapshot(
             os.path.join(output_dir, SNAPSHOT_DIR), mid_window
         )
-        state = SOUPState(self.generation_batch_index, T, saved, self.refresh_schedule.state_dict())
+        state = SOUPState(
+            self.generation_batch_index, T, saved, self.refresh_schedule.state_dict(), self.args.behavior_pool_size
+        )
         if self.args.should_save:
             state.save(output_dir)
 
@@ -445,7 +447,7 @@ class SOUPTrainer(GRPOTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is None:
             return
-        state = SOUPState.load(checkpoint, self.args.behavior_refresh_interval)
+        state = SOUPState.load(checkpoint, self.args.behavior_refresh_interval, self.args.behavior_pool_size)
         self.generation_batch_index = state.generation_batch_index
         self.refresh_schedule = state.schedule()
         if state.behavior_snapshot:
