@@ -57,6 +57,14 @@ def test_remote_server_without_token_is_refused(url):
         assert text in message, text
 
 
+@pytest.mark.parametrize("url", ["http://", "https://:8001", "ftp://10.1.2.3"])
+@pytest.mark.parametrize("has_token", [False, True])
+def test_address_without_host_is_named(url, has_token):
+    """`behavior_server_base_url="http://"` was reported as "the server at None" (issue 24, item 5)."""
+    with pytest.raises(ValueError, match=rf"behavior_server_base_url={url!r} is not a server address: .*HOST:PORT"):
+        check_server_address(url, has_token=has_token, option="behavior_server_base_url")
+
+
 def test_remote_token_warns_over_http_only():
     assert "clear text" in check_server_address("http://10.1.2.3:8001", True, "prefix_teacher_base_url")
     assert check_server_address("https://10.1.2.3:8001", True, "prefix_teacher_base_url") is None

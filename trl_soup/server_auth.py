@@ -50,9 +50,14 @@ def check_server_address(url: str, has_token: bool, option: str) -> str | None:
         A warning for a token sent over plain ``http`` to another machine, else None.
 
     Raises:
-        ValueError: ``url`` is not on the loopback and ``has_token`` is False.
+        ValueError: ``url`` has no scheme or host, or is not on the loopback and ``has_token`` is False.
     """
     parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(
+            f"{option}={url!r} is not a server address: write it as http://HOST:PORT or https://HOST:PORT "
+            "(e.g. http://127.0.0.1:8001)."
+        )
     if is_loopback(parsed.hostname):
         return None
     if not has_token:
