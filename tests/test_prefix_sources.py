@@ -304,3 +304,15 @@ def test_registered_factory_that_returns_no_backend_is_named(tmp_path, make_trai
             make_trainer(args)
     finally:
         _REGISTRY.entries.pop("returns_none")
+
+
+@pytest.mark.parametrize("path", ["/no/such/scorer", "./scorer", "outputs/run/checkpoint-5", "~/nothing-here"])
+def test_missing_scorer_path_is_named_before_the_model_loads(tmp_path, path):
+    """A prefix_scorer_model path with nothing there failed with transformers' "Repo id must be in the form ..."
+    after the learner loaded (issue 24, item 5)."""
+    with pytest.raises(ValueError, match=rf"prefix_scorer_model={path!r} is a path, and no directory is there"):
+        soup_args(tmp_path, prefix_source="dataset", prefix_scorer_model=path)
+    scorer = tmp_path / "scorer"
+    scorer.mkdir()
+    assert soup_args(tmp_path, prefix_source="dataset", prefix_scorer_model=str(scorer)).prefix_scorer_model
+    assert soup_args(tmp_path, prefix_source="dataset", prefix_scorer_model="org/name").prefix_scorer_model

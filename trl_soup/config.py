@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field, fields
 
@@ -51,6 +52,12 @@ PREFIX_DATASET_FALLBACKS = ("on_policy", "behavior")
 # sequence-level weights (importance_sampling_level="sequence", luspo, vespo) are the geometric mean of those token
 # ratios: the trajectory's length-normalised likelihood ratio against the policies that wrote it (docs/equations.md).
 LOSS_TYPES = ("dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "luspo", "vespo")
+
+
+def _is_local_path(value: str) -> bool:
+    """Whether a model name can only be a local path: absolute, relative to . / .. / ~, or deeper than a Hub id's
+    org/name."""
+    return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or os.sep != "/" and os.sep in value
 
 
 @dataclass
@@ -606,6 +613,12 @@ class SOUPConfig(GRPOConfig):
                 warnings.warn(warning, UserWarning, stacklevel=4)
 
     def _validate_prefix_sources(self):
+        scorer = self.prefix_scorer_model
+        if isinstance(scorer, str) and _is_local_path(scorer) and not os.path.isdir(os.path.expanduser(scorer)):
+            raise ValueError(
+                f"prefix_scorer_model={scorer!r} is a path, and no directory is there. Allowed values: a local model "
+                "directory, a Hub model id (org/name), or None (the initial policy scores the references)."
+            )
         known = available_prefix_sources()
         if self.prefix_source not in known:
             raise ValueError(

@@ -94,7 +94,13 @@ class NamedScorer(LocalBehaviorBackend):
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft, self.zero3, self._engine, self.score_after_sampling = False, False, None, True
         base = learner.get_base_model() if hasattr(learner, "get_base_model") else learner
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
+        except (OSError, ValueError) as error:
+            raise ValueError(
+                f"prefix_scorer_model={path!r} could not be loaded as a local model directory or a Hub model id: "
+                f"{error}"
+            ) from error
         ours, theirs = base.config.get_text_config().vocab_size, model.config.get_text_config().vocab_size
         probe = "SOUP probe: 0123456789 +-*/= abc xyz"
         try:
