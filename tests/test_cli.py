@@ -42,8 +42,9 @@ def run_cli(*args, cwd=None, timeout=600):
 
 # ------------------------------------------------------------------------------------------------------------ --help
 @pytest.mark.parametrize(("command", "expected"), [
-    ((), ["train", "toy", "evaluate", "plot-positions", "serve-behavior", "configs"]),
-    (("train",), ["--trainer", "--behavior_refresh_interval", "--dataset_name", "--model_name_or_path"]),
+    ((), ["train", "toy", "evaluate", "plot-positions", "serve-behavior", "models", "configs"]),
+    (("train",), ["--config NAME_OR_YAML", "--accelerate_config", "smollm2-135m_arith_soup", "--trainer",
+                  "--behavior_refresh_interval", "--dataset_name", "--model_name_or_path"]),
     (("toy",), ["--compare_grpo", "--behavior_refresh_interval"]),
     (("evaluate",), ["--prefix_model_name_or_path", "--num_samples"]),
     (("plot-positions",), ["states", "--steps"]),
@@ -269,3 +270,60 @@ def test_import_and_top_level_help_load_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.split() == ["trl_soup.config", "trl_soup.trainer", "True"]
+
+
+# ---------------------------------------------------------------------------------------- refusals on the command line
+def _refusal(capsys, *argv) -> str:
+    """Runs `trl-soup ARGV` in this process; a refusal is exit status 2 and one line on stderr, no traceback."""
+    from trl_soup.cli.main import main
+
+    assert main(list(map(str, argv))) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_soup_options_with_the_grpo_trainer_are_named_as_soup_options(tmp_path, capsys):
+    err = _refusal(capsys, "train", "--trainer", "grpo", "--prefix_ratio", "0.3", "--output_dir", tmp_path)
+    assert err.startswith("trl-soup train: error: --prefix_ratio: SOUP options, and --trainer grpo trains TRL's own")
+    config = tmp_path / "grpo.yaml"
+    config.write_text("trainer: grpo\nbehavior_refresh_interval: 4\n")
+    err = _refusal(capsys, "train", "--config", config, "--output_dir", tmp_path)
+    assert "--behavior_refresh_interval: SOUP options" in err
+
+
+def test_config_refusal_is_one_line_naming_the_option(tmp_path, capsys):
+    err = _refusal(
+        capsys, "train", "--behavior_pool_size", "0", "--output_dir", tmp_path, "--model_name_or_path", "m",
+        "--dataset_name", "d",
+    )  # fmt: skip
+    assert "behavior_pool_size=0 is invalid: it must be an integer in [1, 32]" in err
+
+
+def test_dataset_prefix_source_in_the_recipe_needs_the_reference_column(tmp_path, capsys):
+    """It used to tell the user to set --prefix_dataset_column, which the recipe cannot use (it drops the column)."""
+    err = _refusal(
+        capsys, "train", "--prefix_source", "dataset", "--output_dir", tmp_path, "--model_name_or_path", "m",
+        "--dataset_name", "d",
+    )  # fmt: skip
+    assert "--reference_column COLUMN" in err and "prefix_dataset_column" not in err
+
+
+def test_missing_math_verify_is_named_before_anything_loads(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name)
+    )
+    err = _refusal(capsys, "train", "--output_dir", tmp_path, "--model_name_or_path", "m", "--dataset_name", "d")
+    assert 'math-verify, which is not installed: pip install "trl-soup[math]"' in err
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU defaults apply without CUDA")
+def test_train_defaults_to_the_cpu_in_float32_without_cuda(tmp_path):
+    from trl_soup.cli.train import make_parser
+
+    for trainer in ("soup", "grpo"):
+        _, args, _ = make_parser(trainer).parse_args_and_config(["--output_dir", str(tmp_path)])
+        assert args.use_cpu and not args.bf16

