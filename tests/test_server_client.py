@@ -176,3 +176,23 @@ def test_samples_from_server_choices(tmp_path, tokenizer, make_model):
     # Two tokens of probability 1/2 and nothing missing: entropy ln 2 exactly.
     assert samples.entropies[0, 0].item() == pytest.approx(float(torch.log(torch.tensor(2.0))), abs=1e-6)
     assert samples.entropies[1, 1].item() == 0.0  # padding
+
+
+def test_unreachable_teacher_server_is_named_as_the_teacher(tmp_path):
+    """It was reported as "the behavior server" with the behavior options named (issue 24, item 5)."""
+    from trl_soup import SOUPTrainer
+
+    url = f"http://127.0.0.1:{_free_port()}"
+    args = soup_args(
+        tmp_path, prefix_source="teacher", prefix_teacher_base_url=url, behavior_server_connect_timeout=0.5
+    )
+    with pytest.raises(BehaviorServerError) as error:
+        SOUPTrainer(
+            model="nobody/not-a-model",
+            reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+            args=args,
+            train_dataset=Dataset.from_dict({"prompt": ["1+1="]}),
+        )
+    message = str(error.value)
+    assert f"Nothing answers at the teacher server address {url}" in message and "prefix_teacher_base_url" in message
+    assert "behavior_server_base_url" not in message and "behavior server" not in message

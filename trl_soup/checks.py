@@ -74,7 +74,7 @@ def check_trainer_arguments(args, arguments: dict) -> None:
             "prefix_source='behavior' under ZeRO-3, or these sources under DDP or ZeRO-1/2."
         )
     if relay and "teacher" in used:
-        check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout)
+        check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout, server="teacher")
     if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
         check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
 

@@ -23,9 +23,10 @@ class BehaviorServerError(RuntimeError):
     """The behavior server could not be reached, or answered with an error."""
 
 
-def check_reachable(base_url: str, timeout: float) -> None:
+def check_reachable(base_url: str, timeout: float, server: str = "behavior") -> None:
     """Fail fast when nothing listens at ``base_url``: open a TCP connection to its host and port, retrying for up to
-    ``timeout`` seconds (``behavior_server_connect_timeout``), else raise :class:`BehaviorServerError`.
+    ``timeout`` seconds (``behavior_server_connect_timeout``), else raise :class:`BehaviorServerError` that names the
+    ``server`` ("behavior" or "teacher") and the options that set its address.
 
     Called before the model loads. A vLLM server that is still loading its model already holds its port, so it
     passes; the trainer then waits for ``/health`` up to ``behavior_server_timeout`` once the model has loaded.
@@ -40,11 +41,16 @@ def check_reachable(base_url: str, timeout: float) -> None:
         except OSError as error:
             last_error = error
         if time.monotonic() >= deadline:
+            options = (
+                "prefix_teacher_base_url"
+                if server == "teacher"
+                else "behavior_server_base_url (or behavior_server_host / behavior_server_port)"
+            )
             raise BehaviorServerError(
-                f"Nothing answers at the behavior server address {base_url} (tried for {timeout:g} s, "
+                f"Nothing answers at the {server} server address {base_url} (tried for {timeout:g} s, "
                 f"behavior_server_connect_timeout; {last_error}). Start the server first (`trl-soup serve-behavior "
-                "--model MODEL` or `python -m trl_soup.serve_behavior --model MODEL`), or set "
-                "behavior_server_base_url (or behavior_server_host / behavior_server_port) to its address."
+                f"--model MODEL` or `python -m trl_soup.serve_behavior --model MODEL`), or set {options} to its "
+                "address."
             )
         time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
 
