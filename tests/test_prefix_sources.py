@@ -118,6 +118,17 @@ def test_missing_column_refused_before_the_model_loads(tmp_path, tokenizer):
             SOUPTrainer(model=str(tmp_path / "no-model"), args=args, train_dataset=dataset, processing_class=tokenizer)
 
 
+def test_a_column_without_any_reference_is_refused_before_the_model_loads(tmp_path, tokenizer):
+    """Every reference None made the relay batches quietly on-policy (issue 24, item 6)."""
+    from trl_soup import SOUPTrainer
+
+    args = soup_args(tmp_path, prefix_source="dataset")
+    for empty in (None, ""):
+        dataset = _dataset(lambda prompts, empty=empty: [empty] * len(prompts))
+        with pytest.raises(ValueError, match=r"prefix_dataset_column='reference_completion' holds no reference"):
+            SOUPTrainer(model=str(tmp_path / "no-model"), args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
 def _check_dataset_rows(trainer, tokenizer, scorer=None, column_logps=False):
     """Every relay row: prefix = first k tokens of its tokenised reference (rows with one), denominators = the
     log-prob column or an independent forward of ``scorer``; rows without a reference have no prefix."""

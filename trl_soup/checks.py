@@ -79,6 +79,9 @@ def check_trainer_arguments(args, arguments: dict) -> None:
         check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
 
 
+REFERENCE_PROBE_ROWS = 1000  # rows of the dataset source's column read before the model loads
+
+
 def _check_dataset_source_columns(args, arguments: dict) -> None:
     """The dataset prefix source reads ``prefix_dataset_column`` (and ``prefix_logps_column``) of the training data:
     refuse data sets that lack them, naming the columns found."""
@@ -93,6 +96,17 @@ def _check_dataset_source_columns(args, arguments: dict) -> None:
                 f"cuts each relay prefix from that column: name the column that holds the "
                 f"{'reference completions' if option == 'prefix_dataset_column' else 'per-token log-probs'}."
             )
+    column = args.prefix_dataset_column
+    if column is None:
+        return
+    head = arguments["train_dataset"].select_columns([column])[:REFERENCE_PROBE_ROWS][column]
+    if head and all(value is None or (isinstance(value, (str, list, tuple)) and len(value) == 0) for value in head):
+        raise ValueError(
+            f"prefix_dataset_column={column!r} holds no reference completion in the first {len(head)} rows of "
+            "train_dataset (all None or empty): every dataset row would fall back to "
+            f"prefix_dataset_fallback={args.prefix_dataset_fallback!r}, so the relay batches would quietly not use "
+            "the data set. Fill the column, or use another prefix_source."
+        )
 
 
 def check_trainer_setup(trainer) -> None:
