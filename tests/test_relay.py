@@ -394,3 +394,20 @@ def test_snapshot_follows_the_learner_dtype(tmp_path, tokenizer, make_trainer):
     prompts = [tokenizer("1+2=", add_special_tokens=False)["input_ids"]]
     samples = trainer.behavior.sample(prompts, 4, generation_batch_index=1)  # runs in bf16
     assert samples.per_token_logps.dtype == torch.float32 and torch.isfinite(samples.per_token_logps).all()
+
+
+def test_relay_sampling_emits_no_deprecation_warning_of_its_own(tmp_path, make_trainer):
+    """Under transformers 5.24 the local backend passed `past_key_values=` to generate (FutureWarning: use `cache`;
+    issue 24, item 9). No FutureWarning or DeprecationWarning may come from trl_soup's own code, in either
+    environment the suite runs in."""
+    import warnings
+
+    trainer = make_trainer(soup_args(tmp_path, behavior_refresh_interval=2, max_steps=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    ours = [
+        w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning)) and "trl_soup" in w.filename
+    ]
+    assert not ours, [f"{w.filename}:{w.lineno}: {w.message}" for w in ours]
+    assert trainer.state.log_history[-2]["soup/relay_batch"] == 1.0  # the relay path (and its shared prefill) ran

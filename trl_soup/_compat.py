@@ -17,6 +17,8 @@ __all__ = [
     "add_fused_lm_head",
     "disable_gradient_checkpointing",
     "generation_budget",
+    "generation_cache_kwargs",
+    "output_cache",
     "no_init_weights",
     "pad",
     "prepare_deepspeed",
@@ -44,3 +46,23 @@ def generation_budget(trainer, max_new_tokens: int):
         yield
     finally:
         trainer.generation_config.max_new_tokens, trainer.generation_kwargs["max_new_tokens"] = saved
+
+
+def _cache_is_named_cache() -> bool:
+    """Whether transformers calls the KV cache ``cache`` (newer 5.x: ``past_key_values`` is deprecated there, with a
+    FutureWarning from ``generate`` and a warning from an output's ``past_key_values``)."""
+    from transformers.utils import generic
+
+    return hasattr(generic, "_rename_kwargs_for_bc")
+
+
+def generation_cache_kwargs(cache) -> dict:
+    """The keyword argument that hands ``generate`` a prefilled cache, under the name this transformers takes."""
+    if cache is None:
+        return {}
+    return {"cache" if _cache_is_named_cache() else "past_key_values": cache}
+
+
+def output_cache(output):
+    """The KV cache of a model output (None without one), under the name this transformers uses."""
+    return getattr(output, "cache" if _cache_is_named_cache() else "past_key_values", None)

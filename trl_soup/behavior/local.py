@@ -30,7 +30,9 @@ from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .._compat import (
     add_fused_lm_head,
+    generation_cache_kwargs,
     no_init_weights,
+    output_cache,
     pad,
     prepare_deepspeed,
     unwrap_model_for_generation,
@@ -176,7 +178,7 @@ def shared_prompt_cache(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tens
         output = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     except TypeError:  # a forward without logits_to_keep would compute every position's logits: not worth it
         return None
-    cache = getattr(output, "past_key_values", None)
+    cache = output_cache(output)
     layers = getattr(cache, "layers", None)
     # Only plain key/value caches are expanded row by row; anything else (no cache because of gradient checkpointing
     # in train mode, recurrent or quantized layers) gets generate's own prefill.
@@ -540,7 +542,7 @@ class LocalBehaviorBackend(BehaviorBackend):
             cache = None
             if not self.zero3 and generation_config.cache_implementation is None:
                 cache = shared_prompt_cache(model, p_ids, p_mask)
-            extra = {} if cache is None else {"past_key_values": cache}
+            extra = generation_cache_kwargs(cache)
             hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
             handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
             try:
