@@ -120,6 +120,19 @@ def test_registered_policy_and_state_round_trip():
         _POLICIES.pop("clip_alarm", None)
 
 
+def test_a_policy_that_returns_no_bool_is_named():
+    """A string was taken as True and refreshed every batch (issue 24, item 6)."""
+    register_refresh_policy("says_yes", lambda stats, args: "yes")
+    try:
+        schedule, args = RefreshSchedule(), _args("says_yes", T=6, minimum=1)
+        assert schedule.decide(0, args) == "start"
+        schedule.refreshed(0)
+        with pytest.raises(TypeError, match=r"refresh policy 'says_yes' returned 'yes' \(str\): .*True .* or False"):
+            schedule.decide(1, args)
+    finally:
+        _POLICIES.pop("says_yes", None)
+
+
 def test_config_refuses_unknown_policy_and_bad_values(tmp_path):
     with pytest.raises(
         ValueError, match=r"behavior_refresh_policy='sometimes'.*Allowed values: \['adaptive', 'fixed'\]"

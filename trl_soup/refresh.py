@@ -121,10 +121,15 @@ class RefreshSchedule:
         since = index - self.last_refresh
         if since >= args.behavior_refresh_interval:
             return "interval"
-        policy = _REGISTRY.get(args.behavior_refresh_policy)
-        if since >= args.behavior_refresh_min_interval and policy(self.stats(index), args):
-            return "policy"
-        return "none"
+        if since < args.behavior_refresh_min_interval:
+            return "none"
+        decision = _REGISTRY.get(args.behavior_refresh_policy)(self.stats(index), args)
+        if type(decision).__name__ not in ("bool", "bool_"):  # Python's or numpy's: a string would be taken as True
+            raise TypeError(
+                f"The refresh policy {args.behavior_refresh_policy!r} returned {decision!r} "
+                f"({type(decision).__name__}): a refresh policy returns True (refresh now) or False."
+            )
+        return "policy" if decision else "none"
 
     def refreshed(self, index: int) -> None:
         self.last_refresh = index
