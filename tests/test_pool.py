@@ -98,7 +98,7 @@ def test_merge_member_samples_places_rows():
 
 
 def test_config_validates_pool_fields(tmp_path):
-    with pytest.raises(ValueError, match=r"behavior_pool_size=0 is invalid: it must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"behavior_pool_size=0 is invalid: it must be an integer in \[1, 32\]"):
         soup_args(tmp_path, behavior_pool_size=0)
     with pytest.raises(ValueError, match=r"behavior_pool_sampling='nope' is not a registered rule.*'uniform'"):
         soup_args(tmp_path, behavior_pool_size=2, behavior_pool_sampling="nope")
