@@ -159,6 +159,7 @@ def test_soup_state_round_trip_and_refusals(tmp_path):
         "behavior_refresh_interval": 4,
         "behavior_snapshot": True,
         "refresh_schedule": None,
+        "behavior_pool_size": None,
     }
     assert SOUPState.load(str(tmp_path), 4) == SOUPState(5, 4, True)
     # A checkpoint of 0.1 (no refresh_schedule): its refreshes were at multiples of T.
