@@ -58,7 +58,7 @@ COMMANDS = (
     Command(
         "toy",
         "trl_soup.cli.toy",
-        "SOUP on the embedded default: tiny local model, synthetic task, CPU, about a minute, nothing downloaded",
+        "SOUP on the embedded default: tiny local model, synthetic task, CPU, under half a minute, nothing downloaded",
     ),
     Command(
         "evaluate",
