@@ -28,9 +28,9 @@ import pytest
 import torch
 from testing_utils import (
     RecordingTrainer,
+    batch_reference_logps,
     learner_probe_logps,
     probe_logps,
-    reference_logps,
     require_vllm,
     server_args,
     soup_args,
@@ -170,15 +170,7 @@ def perturbed(model, scale: float = 0.02, seed: int = 0):
 
 
 def batch_logps(model, batch, temperature):
-    logps, _ = reference_logps(
-        model,
-        batch["prompt_ids"],
-        batch["prompt_mask"],
-        batch["completion_ids"],
-        batch["completion_mask"],
-        temperature,
-    )
-    return logps
+    return batch_reference_logps(model, batch, temperature)[0]
 
 
 # ----------------------------------------------------------------------------------------------- local backend, lr 0
