@@ -159,8 +159,19 @@ def test_kl_estimate_is_unbiased_and_non_negative():
     assert float(estimate.mean()) == pytest.approx(float(exact), rel=0.03)
 
 
+def _reasons_in(log_history):
+    """The refresh reason of each logged step ("none" when no soup/refresh/<reason> indicator is 1)."""
+    reasons = []
+    for h in log_history:
+        if "soup/refresh/start" in h:
+            fired = [name for name in REFRESH_REASONS if h[f"soup/refresh/{name}"] == 1.0]
+            assert len(fired) <= 1 and all(h[f"soup/refresh/{n}"] in (0.0, 1.0) for n in REFRESH_REASONS), h
+            reasons.append(fired[0] if fired else "none")
+    return reasons
+
+
 def _reasons(trainer):
-    return [h["soup/refresh_reason"] for h in trainer.state.log_history if "soup/refresh_reason" in h]
+    return _reasons_in(trainer.state.log_history)
 
 
 def test_training_refreshes_where_the_policy_says(tmp_path, make_trainer):
@@ -177,15 +188,28 @@ def test_training_refreshes_where_the_policy_says(tmp_path, make_trainer):
         )
     )
     stale.train()
-    codes = REFRESH_REASONS
-    assert _reasons(stale) == [codes["start"]] + [codes["none"], codes["policy"]] * 4 + [codes["none"]]
+    assert _reasons(stale) == ["start"] + ["none", "policy"] * 4 + ["none"]
     relay = [h["soup/relay_batch"] for h in stale.state.log_history if "soup/relay_batch" in h]
     assert relay == [0.0, 1.0] * 5
     staleness = [h["soup/staleness"] for h in stale.state.log_history if "soup/staleness" in h]
     assert len(staleness) == 4 and all(s > 0 for s in staleness)  # seen by the decisions after relay batches 1-7
     fixed = make_trainer(soup_args(tmp_path / "fixed", max_steps=10, behavior_refresh_interval=8))
     fixed.train()
-    assert _reasons(fixed) == [codes["start"]] + [codes["none"]] * 7 + [codes["interval"], codes["none"]]
+    assert _reasons(fixed) == ["start"] + ["none"] * 7 + ["interval", "none"]
+
+
+def test_refresh_metrics_average_to_fractions_of_batches(tmp_path, make_trainer):
+    """Issue 24 item 8: one 0/1 metric per reason, so that the average TRL logs over `logging_steps` (and over ranks)
+    is the fraction of batches refreshed for that reason. T = 2, two steps per log: every logged pair holds one
+    refresh (batches 0, 2, 4) and one batch without."""
+    trainer = make_trainer(soup_args(tmp_path, max_steps=6, behavior_refresh_interval=2, logging_steps=2))
+    trainer.train()
+    logged = [
+        tuple(h[f"soup/refresh/{name}"] for name in REFRESH_REASONS)
+        for h in trainer.state.log_history
+        if "soup/refresh/start" in h
+    ]
+    assert logged == [(0.5, 0.0, 0.0), (0.0, 0.5, 0.0), (0.0, 0.5, 0.0)]
 
 
 @pytest.mark.slow
@@ -211,12 +235,12 @@ def test_adaptive_resume_mid_window_takes_the_same_decisions(tmp_path, make_trai
     resumed = make_trainer(soup_args(tmp_path / "resumed", **settings, behavior_max_staleness=threshold))
     resumed.train(resume_from_checkpoint=checkpoint)
     by_step = lambda t, key: {h["step"]: h[key] for h in t.state.log_history if key in h}  # noqa: E731
-    for key in ("soup/refresh_reason", "loss", "reward", "soup/behavior_age"):
+    for key in ("soup/refresh/policy", "soup/refresh/interval", "loss", "reward", "soup/behavior_age"):
         expected, got = by_step(full, key), by_step(resumed, key)
         assert set(range(4, 9)) <= set(got), key
         for step in range(4, 9):
             assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), (key, step)
-    assert REFRESH_REASONS["policy"] in by_step(full, "soup/refresh_reason").values()  # a window did end early
+    assert 1.0 in by_step(full, "soup/refresh/policy").values()  # a window did end early
 
 
 @pytest.mark.slow
@@ -241,7 +265,7 @@ def test_resume_without_the_schedule_state_would_diverge(tmp_path, make_trainer,
     broken = make_trainer(soup_args(tmp_path / "broken", **settings))
     broken.train(resume_from_checkpoint=checkpoint)
     # Full run: refreshes at batches 0, 3, 6. Rebuilt (last refresh 0, no statistics): batch 5 refreshes instead.
-    assert _reasons(full)[4:] == [0.0, 0.0, 3.0, 0.0]
+    assert _reasons(full)[4:] == ["none", "none", "policy", "none"]
     assert _reasons(broken)[-4:] != _reasons(full)[4:]
 
 
@@ -259,5 +283,4 @@ def test_two_processes_take_the_same_decisions(tmp_path):
         assert r["last_refresh"] == 4 and r["behavior_equal_rank0"], r
         assert r["staleness"][0] is None and all(s is not None and s > 0 for s in r["staleness"][2::2]), r
     assert ranks[0]["staleness"] == ranks[1]["staleness"]  # bit-identical: the same reduced sums on both ranks
-    reasons = [h["soup/refresh_reason"] for h in result["log_history"] if "soup/refresh_reason" in h]
-    assert reasons == [1.0, 0.0, 3.0, 0.0, 3.0, 0.0]
+    assert _reasons_in(result["log_history"]) == ["start", "none", "policy", "none", "policy", "none"]

@@ -29,8 +29,9 @@ __all__ = [
     "register_refresh_policy",
 ]
 
-# soup/refresh_reason: why the generation batch refreshed the copy (0: it did not).
-REFRESH_REASONS = {"none": 0, "start": 1, "interval": 2, "policy": 3}
+# Why a generation batch refreshed the copy ("none": it did not). Each reason is logged as its own 0/1 metric,
+# soup/refresh/<reason>, so that an average over logging steps or ranks is a fraction of batches, not a mixed code.
+REFRESH_REASONS = ("start", "interval", "policy")
 
 
 @dataclass
@@ -113,8 +114,8 @@ class RefreshSchedule:
         return RefreshStats(since, kl / tokens, log_ratio / tokens, clipped / tokens)
 
     def decide(self, index: int, args) -> str:
-        """Whether generation batch ``index`` refreshes the copy first: a key of :data:`REFRESH_REASONS`. Call once
-        per generation batch, before it is generated; on a refresh, call :meth:`refreshed`."""
+        """Whether generation batch ``index`` refreshes the copy first: one of :data:`REFRESH_REASONS`, or "none".
+        Call once per generation batch, before it is generated; on a refresh, call :meth:`refreshed`."""
         self._commit()
         if self.last_refresh is None:
             return "start"

@@ -195,7 +195,8 @@ class SOUPTrainer(GRPOTrainer):
         reason = schedule.decide(index, self.args)
         stats = schedule.stats(index)  # what the decision saw (the last relay batch's)
         metrics = self._metrics["train"]
-        metrics["soup/refresh_reason"].append(float(REFRESH_REASONS[reason]))
+        for name in REFRESH_REASONS:  # 0/1 each: averaged over steps or ranks, the fraction of batches
+            metrics[f"soup/refresh/{name}"].append(float(reason == name))
         if stats.staleness is not None:
             metrics["soup/staleness"].append(stats.staleness)
         if reason != "none":
