@@ -1,6 +1,6 @@
 """Exploration study: on-policy DAPO vs SOUP on graph walks (many correct answers per prompt), on 2 CPU cores.
 
-Nothing is downloaded. The task is `trl_soup.explore_task`: "walk:c>f=" asks for a walk of exactly 20 steps from node
+Nothing is downloaded. The task is `recipes/explore_task.py`: "walk:c>f=" asks for a walk of exactly 20 steps from node
 c to node f in a fixed 12-node graph; a prompt has about 10^8 correct answers of very unequal prior probability. The
 start policy (a 0.5M-parameter Qwen2 from `toy.build_tiny_model`, SFT on walks of a skewed prior) finds correct walks
 for most prompts but rarely. Every run of a seed starts from the same start policy and trains `max_steps` steps with
@@ -18,7 +18,7 @@ After training each policy samples `eval_samples` answers for each of `eval_prom
   (`trl_soup.evaluation.relay_generate`); pass@k of the relay minus pass@k of the final policy alone;
 - entropy and clip ratio by 10% bin of relative token position (paper Fig. 5, `log_position_statistics=True`).
 
-Every mean comes with a 95% bootstrap interval over seeds and prompts (`trl_soup.evaluation.bootstrap_ci`); a
+Every mean comes with a 95% bootstrap interval over seeds and prompts (`recipes/study_stats.py`: `bootstrap_ci`); a
 difference between two settings is paired (same seed, same prompt) and bootstrapped as one table.
 
 Launch (the full study: about 25 minutes on 2 quiet CPU cores with `--workers 2`; see docs/results.md):
@@ -35,20 +35,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from trl_soup import explore_task, toy
-from trl_soup.cli.plot_positions import BINS, position_curves
-from trl_soup.evaluation import (
-    TransformersGenerator,
-    bootstrap_ci,
-    distinct_correct_count,
-    pass_at_k,
-    relay_generate,
-)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the study modules beside this script
+import explore_task  # noqa: E402
+from study_stats import bootstrap_ci, distinct_correct_count  # noqa: E402
+
+from trl_soup import toy  # noqa: E402
+from trl_soup.cli.plot_positions import BINS, position_curves  # noqa: E402
+from trl_soup.evaluation import TransformersGenerator, pass_at_k, relay_generate  # noqa: E402
 
 # name -> SOUPConfig overrides. "dapo" is the on-policy baseline (T = 1: no behavior copy, plain DAPO).
 SETTINGS: dict[str, dict] = {

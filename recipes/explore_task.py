@@ -47,8 +47,8 @@ import random
 
 import torch
 
-from . import toy
-from .rewards import completion_text
+from trl_soup import toy
+from trl_soup.rewards import completion_text
 
 __all__ = [
     "EDGE_WEIGHTS",

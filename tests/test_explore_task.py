@@ -1,4 +1,4 @@
-"""The exploration task (trl_soup.explore_task), the study's statistics helpers, and the study's smoke run."""
+"""The exploration task (recipes/explore_task.py), the study's statistics helpers, and the study's smoke run."""
 
 from __future__ import annotations
 
@@ -6,13 +6,17 @@ import importlib.util
 import itertools
 import json
 import random
+import sys
 
 import numpy as np
 import pytest
 from launch import REPO
 
-from trl_soup import explore_task as et
-from trl_soup.evaluation import bootstrap_ci, distinct_correct_count, pass_at_k
+from trl_soup.evaluation import pass_at_k
+
+sys.path.insert(0, str(REPO / "recipes"))  # study code lives beside the study scripts, not in the library
+import explore_task as et  # noqa: E402
+from study_stats import bootstrap_ci, distinct_correct_count  # noqa: E402
 
 
 def brute_force_walks(start: str, target: str, length: int) -> list[str]:

@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from testing_utils import RecordingTrainer, reference_logps, soup_args
+from testing_utils import RecordingTrainer, batch_reference_logps, soup_args
 
 from trl_soup import SOUPConfig, available_pool_samplings, register_pool_sampling
 from trl_soup.behavior.base import BehaviorSamples
@@ -190,14 +190,7 @@ def test_uniform_pool_rows_are_written_by_the_member_they_name(tmp_path, tokeniz
         for rank in set(ages):
             snapshot = build_tiny_model(tokenizer, seed=0)
             snapshot.load_state_dict(refreshes[expected_births[rank]])
-            ref, _ = reference_logps(
-                snapshot.eval(),
-                batch["prompt_ids"],
-                batch["prompt_mask"],
-                batch["completion_ids"],
-                batch["completion_mask"],
-                trainer.args.temperature,
-            )
+            ref, _ = batch_reference_logps(snapshot.eval(), batch, trainer.args.temperature)
             rows = relay.member_ages == rank
             prefix = batch["prefix_mask"].bool() & rows.unsqueeze(1)
             assert prefix.any()
@@ -206,14 +199,7 @@ def test_uniform_pool_rows_are_written_by_the_member_they_name(tmp_path, tokeniz
             if rank > 0:  # an older member is not the newest: the denominators tell them apart
                 newest = build_tiny_model(tokenizer, seed=0)
                 newest.load_state_dict(refreshes[expected_births[0]])
-                other, _ = reference_logps(
-                    newest.eval(),
-                    batch["prompt_ids"],
-                    batch["prompt_mask"],
-                    batch["completion_ids"],
-                    batch["completion_mask"],
-                    trainer.args.temperature,
-                )
+                other, _ = batch_reference_logps(newest.eval(), batch, trainer.args.temperature)
                 assert (other[prefix] - ref[prefix]).abs().max().item() > 1e-3
     assert seen_ranks == {0, 1, 2}
     logged = [h for h in trainer.state.log_history if "soup/pool/age_0/prefix_share" in h]
@@ -300,14 +286,7 @@ def test_peft_pool_members_are_adapters(tmp_path, tokenizer, make_trainer):
             snapshot = peft.get_peft_model(build_tiny_model(tokenizer, seed=0), lora)
             state = {k: v for k, v in refreshes[expected_births[rank]].items() if ".behavior" not in k}
             snapshot.load_state_dict(state, strict=False)
-            ref, _ = reference_logps(
-                snapshot.eval(),
-                batch["prompt_ids"],
-                batch["prompt_mask"],
-                batch["completion_ids"],
-                batch["completion_mask"],
-                trainer.args.temperature,
-            )
+            ref, _ = batch_reference_logps(snapshot.eval(), batch, trainer.args.temperature)
             prefix = batch["prefix_mask"].bool() & (relay.member_ages == rank).unsqueeze(1)
             assert (batch["behavior_per_token_logps"][prefix] - ref[prefix]).abs().max().item() < 1e-5
             checked.add(rank)

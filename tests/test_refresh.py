@@ -16,7 +16,7 @@ from testing_utils import soup_args
 
 from trl_soup import SOUPConfig, register_refresh_policy
 from trl_soup.core import behavior_kl_estimate
-from trl_soup.refresh import _POLICIES, REFRESH_REASONS, RefreshSchedule, RefreshStats
+from trl_soup.refresh import _REGISTRY, REFRESH_REASONS, RefreshSchedule, RefreshStats
 from trl_soup.trainer import SOUP_STATE_FILE
 
 
@@ -117,7 +117,7 @@ def test_registered_policy_and_state_round_trip():
         with pytest.raises(ValueError, match="already registered"):
             register_refresh_policy("clip_alarm", clip_alarm)
     finally:
-        _POLICIES.pop("clip_alarm", None)
+        _REGISTRY.entries.pop("clip_alarm", None)
 
 
 def test_a_policy_that_returns_no_bool_is_named():
@@ -130,7 +130,7 @@ def test_a_policy_that_returns_no_bool_is_named():
         with pytest.raises(TypeError, match=r"refresh policy 'says_yes' returned 'yes' \(str\): .*True .* or False"):
             schedule.decide(1, args)
     finally:
-        _POLICIES.pop("says_yes", None)
+        _REGISTRY.entries.pop("says_yes", None)
 
 
 def test_config_refuses_unknown_policy_and_bad_values(tmp_path):

@@ -155,11 +155,11 @@ def test_disk_refresh_tied_model(tmp_path, tokenizer, tied_server, make_trainer)
     assert "ParallelLMHead: Failed to load weights" not in tied_server.log()
 
 
-@pytest.mark.parametrize("method", ["lora", "disk"])
-def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
+def _lora_learner_on_server(tmp_path, tokenizer, server):
+    """The toy base model (also loaded into the server: an earlier test may have reloaded others), a LoRA config on
+    q/v without dropout, and make_learner(state) -> that PEFT model with `state`, in eval mode."""
     peft = pytest.importorskip("peft")
     base = build_tiny_model(tokenizer, seed=0)
-    # The server's base weights must be the learner's base (an earlier test may have reloaded others).
     BehaviorServerClient(str(server)).reload_weights(save_for_server(base, str(tmp_path / "base")))
     lora = peft.LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
@@ -169,6 +169,13 @@ def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
         model = peft.get_peft_model(build_tiny_model(tokenizer, seed=0), lora)
         model.load_state_dict(state)
         return model.eval()
+
+    return base, lora, make_learner
+
+
+@pytest.mark.parametrize("method", ["lora", "disk"])
+def test_peft_relay(tmp_path, tokenizer, server, method, make_trainer):
+    base, lora, make_learner = _lora_learner_on_server(tmp_path, tokenizer, server)
 
     args = _server_args(tmp_path, server, behavior_refresh_method=method, learning_rate=5e-2)
     trainer = make_trainer(args, model=base, trainer_class=ServerRecordingTrainer, peft_config=lora)
@@ -198,17 +205,7 @@ class PoolServerRecordingTrainer(RecordingTrainer):
 def test_lora_pool_members_serve_their_snapshots(tmp_path, tokenizer, server, make_trainer):
     """behavior_pool_size=2 on one server: two LoRA adapters, each the learner's adapter at one of the last two
     refreshes, rotated as refreshes come; each relay row's denominators are its member's log-probs."""
-    peft = pytest.importorskip("peft")
-    base = build_tiny_model(tokenizer, seed=0)
-    BehaviorServerClient(str(server)).reload_weights(save_for_server(base, str(tmp_path / "base")))
-    lora = peft.LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"
-    )
-
-    def make_learner(state):
-        model = peft.get_peft_model(build_tiny_model(tokenizer, seed=0), lora)
-        model.load_state_dict(state)
-        return model.eval()
+    base, lora, make_learner = _lora_learner_on_server(tmp_path, tokenizer, server)
 
     args = _server_args(
         tmp_path,
@@ -245,6 +242,19 @@ def test_lora_pool_members_serve_their_snapshots(tmp_path, tokenizer, server, ma
     # Refreshes at 0, 2, 4 into slots 0, 1, 0: member 0's first adapter was unloaded when its slot was overwritten.
     served = {m["id"] for m in BehaviorServerClient(str(server)).models()}
     assert {"soup-behavior-2", "soup-behavior-m1-1"} <= served and "soup-behavior-1" not in served
+
+
+def _shuffled_tokenizer(tokenizer):
+    """A tokenizer with the same tokens as ``tokenizer`` under other ids (a model served with it is another model)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = tokenizer.get_vocab()
+    shuffled = {token: len(vocab) - 1 - index for token, index in vocab.items()}
+    backend = Tokenizer(models.WordLevel(shuffled, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 class TeacherRecordingTrainer(RecordingTrainer):
@@ -293,15 +303,7 @@ def test_teacher_prefixes_and_denominators(tmp_path, tokenizer, tied_server, mak
     after = probe_logps(str(tied_server), tokenizer, BehaviorServerClient(str(tied_server)).models()[0]["id"])
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)  # never refreshed
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = tokenizer.get_vocab()
-    shuffled = {token: len(vocab) - 1 - index for token, index in vocab.items()}  # same tokens, other ids
-    backend = Tokenizer(models.WordLevel(shuffled, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    backend.decoder = decoders.Fuse()
-    other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    other = _shuffled_tokenizer(tokenizer)
     with pytest.raises(ValueError, match="The teacher server at .* tokenizer differs"):
         make_trainer(args, model=build_tiny_model(other, seed=0), processing_class=other)
 
@@ -311,15 +313,7 @@ def test_wrong_model_is_refused(tmp_path, tokenizer, server, make_trainer):
     with pytest.raises(ValueError, match="num_hidden_layers"):
         make_trainer(_server_args(tmp_path, server), model=deeper)
 
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = tokenizer.get_vocab()
-    shuffled = {token: len(vocab) - 1 - index for token, index in vocab.items()}  # same tokens, other ids
-    backend = Tokenizer(models.WordLevel(shuffled, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    backend.decoder = decoders.Fuse()
-    other = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    other = _shuffled_tokenizer(tokenizer)
     model = build_tiny_model(other, seed=0)
     with pytest.raises(ValueError, match="tokenizer differs"):
         make_trainer(_server_args(tmp_path, server), model=model, processing_class=other)

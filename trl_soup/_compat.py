@@ -1,7 +1,16 @@
-"""Every name trl_soup takes from TRL or transformers internals, in one place (TRL moves fast; pinned >=1.16,<1.17)."""
+"""Every name trl_soup takes from TRL or transformers internals, in one place (TRL moves fast; pinned >=1.16,<1.17).
+
+Public APIs (``trl.GRPOTrainer``, ``transformers.AutoModelForCausalLM``, ``accelerate.utils``) are imported where they
+are used; anything from a submodule that is not documented as public, or whose name or home changed between the
+versions tested, is imported here, so that a version bump has one file to read. Optional dependencies (vLLM, through
+TRL's client) are imported on call.
+"""
 
 from contextlib import contextmanager
 
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl.models import unwrap_model_for_generation
 from trl.models.utils import disable_gradient_checkpointing, prepare_deepspeed
@@ -13,7 +22,11 @@ except ImportError:  # pragma: no cover - older transformers
     from transformers.modeling_utils import no_init_weights
 
 __all__ = [
+    "DynamicLayer",
+    "DynamicSlidingWindowLayer",
     "PREFIX_CHECKPOINT_DIR",
+    "Qwen2Tokenizer",
+    "bytes_to_unicode",
     "add_fused_lm_head",
     "disable_gradient_checkpointing",
     "generation_budget",
@@ -22,6 +35,7 @@ __all__ = [
     "no_init_weights",
     "pad",
     "prepare_deepspeed",
+    "trl_vllm_client_class",
     "unwrap_model_for_generation",
     "use_adapter",
 ]
@@ -66,3 +80,10 @@ def generation_cache_kwargs(cache) -> dict:
 def output_cache(output):
     """The KV cache of a model output (None without one), under the name this transformers uses."""
     return getattr(output, "cache" if _cache_is_named_cache() else "past_key_values", None)
+
+
+def trl_vllm_client_class():
+    """TRL's ``VLLMClient`` (imports vLLM: on call, only where the ``"nccl"`` refresh needs it)."""
+    from trl.generation.vllm_client import VLLMClient
+
+    return VLLMClient

@@ -9,6 +9,7 @@ from accelerate.utils import is_peft_model
 
 from .behavior.server_client import check_reachable
 from .sources import source_names
+from .validation import check_lora_needs_peft
 
 
 def check_trainer_arguments(args, arguments: dict) -> None:
@@ -20,24 +21,37 @@ def check_trainer_arguments(args, arguments: dict) -> None:
     """
     model = arguments.get("model")
     relay = args.behavior_refresh_interval > 1  # T = 1 is plain DAPO: every GRPOTrainer option applies
+    if relay:
+        _check_single_turn(arguments)
+    peft = arguments.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
+    if relay and args.behavior_backend == "vllm_server":
+        check_lora_needs_peft(args.behavior_refresh_method, peft)
+    _check_prompt_columns(arguments)
+    used = source_names(args)
+    if relay and "dataset" in used:
+        _check_dataset_source_columns(args, arguments)
+    plugin = args.deepspeed_plugin
+    if relay and plugin is not None and plugin.zero_stage == 3:
+        _check_zero3(args, arguments, used)
+    if relay and "teacher" in used:
+        check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout, server="teacher")
+    if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
+        check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
+
+
+def _check_single_turn(arguments: dict) -> None:
     for option in ("rollout_func", "tools", "environment_factory"):
-        if relay and arguments.get(option):  # None and an empty tool list both mean "not used"
+        if arguments.get(option):  # None and an empty tool list both mean "not used"
             raise ValueError(
                 f"{option} cannot be used with SOUPTrainer: relay sampling writes each completion with the "
                 f"behavior copy and the current policy, a single-turn plain generation. Allowed value: None (or "
                 "behavior_refresh_interval=1: plain DAPO, as GRPOTrainer)."
             )
-    peft = arguments.get("peft_config") is not None or (not isinstance(model, str) and is_peft_model(model))
-    if relay and args.behavior_backend == "vllm_server" and args.behavior_refresh_method == "lora" and not peft:
-        raise ValueError(
-            "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
-            "for a fully fine-tuned model: 'disk', 'nccl'."
-        )
-    for split, dataset in (
-        ("train_dataset", arguments.get("train_dataset")),
-        ("eval_dataset", arguments.get("eval_dataset")),
-    ):
-        columns = getattr(dataset, "column_names", None)  # a Dataset (an IterableDataset may not know them)
+
+
+def _check_prompt_columns(arguments: dict) -> None:
+    for split in ("train_dataset", "eval_dataset"):
+        columns = getattr(arguments.get(split), "column_names", None)  # a Dataset (an IterableDataset may not know)
         # With an environment_factory (allowed at T = 1) the environment, not a column, may supply the prompts.
         if isinstance(columns, list) and "prompt" not in columns and not arguments.get("environment_factory"):
             raise ValueError(
@@ -45,38 +59,34 @@ def check_trainer_arguments(args, arguments: dict) -> None:
                 "completion for each row's 'prompt': rename the column holding the prompts, e.g. "
                 "dataset.rename_column('question', 'prompt')."
             )
-    used = source_names(args)
-    if relay and "dataset" in used:
-        _check_dataset_source_columns(args, arguments)
-    plugin = args.deepspeed_plugin
-    zero3 = plugin is not None and plugin.zero_stage == 3
-    if relay and zero3 and args.behavior_backend == "local" and arguments.get("peft_config") is not None:
+
+
+def _check_zero3(args, arguments: dict, used: list[str]) -> None:
+    """What relay batches under DeepSpeed ZeRO-3 do not support in this release."""
+    local = args.behavior_backend == "local"
+    if local and arguments.get("peft_config") is not None:
         raise ValueError(  # raised here, before the model is loaded; behavior/local.py checks a PeftModel too
             "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
             "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
         )
-    if relay and zero3 and args.behavior_backend == "local" and args.cast_lm_head_to_fp32:
+    if local and args.cast_lm_head_to_fp32:
         raise ValueError(
             "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "
             "this release (the partitioned behavior copy is built in one dtype). Allowed: cast_lm_head_to_fp32="
             "False under ZeRO-3, ZeRO-1/2 or DDP with the cast, or behavior_backend='vllm_server'."
         )
-    if relay and zero3 and args.behavior_pool_size > 1:
+    if args.behavior_pool_size > 1:
         raise ValueError(
             f"behavior_pool_size={args.behavior_pool_size} is not supported under DeepSpeed ZeRO-3 in this release "
             "(each member's sampling would be a collective over rows that differ between ranks). Allowed: "
             "behavior_pool_size=1 under ZeRO-3, or a pool under DDP or ZeRO-1/2."
         )
-    if relay and zero3 and set(used) - {"behavior", "on_policy"}:
+    if set(used) - {"behavior", "on_policy"}:
         raise ValueError(
             f"prefix sources {sorted(set(used) - {'behavior', 'on_policy'})} are not supported under DeepSpeed ZeRO-3 "
             "in this release (the dataset scorer would be a partitioned copy; not tested). Allowed: "
             "prefix_source='behavior' under ZeRO-3, or these sources under DDP or ZeRO-1/2."
         )
-    if relay and "teacher" in used:
-        check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout, server="teacher")
-    if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
-        check_reachable(args.behavior_server_url, args.behavior_server_connect_timeout)
 
 
 REFERENCE_PROBE_ROWS = 1000  # rows of the dataset source's column read before the model loads

@@ -81,31 +81,50 @@ def truncate_by_entropy(
     Returns:
         ``(B,)`` long tensor of prefix lengths, each in ``[0, n_valid_i - 1]`` (or 0 for an empty row).
     """
+    _check_entropy_truncation_inputs(entropies, mask, top_k)
+    valid = mask.bool()
+    n_valid = valid.sum(dim=1).cpu()  # (B,)
+    scores = _entropy_ranking_scores(entropies, valid)
+    width = min(top_k, scores.size(1))
+    if width == 0:
+        return torch.zeros(entropies.size(0), dtype=torch.long, device=entropies.device)
+    # Stable order: ties are broken by position, so the candidate set is deterministic.
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :width]  # (B, width)
+    pick = _uniform_candidate_index(torch.clamp(n_valid, max=top_k), generator)
+    cut = order.gather(1, pick.unsqueeze(1)).squeeze(1)
+    cut = torch.where(n_valid > 0, cut, torch.zeros_like(cut))
+    return cut.to(entropies.device)
+
+
+def _check_entropy_truncation_inputs(entropies: torch.Tensor, mask: torch.Tensor, top_k: int) -> None:
+    """Argument checks of entropy truncation (paper Sec. 3.3): ``top_k >= 1``, two ``(B, C)`` tensors."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     if entropies.shape != mask.shape or entropies.dim() != 2:
         raise ValueError(
             f"entropies and mask must both be (B, C); got {tuple(entropies.shape)} and {tuple(mask.shape)}"
         )
-    valid = mask.bool()
-    n_valid = valid.sum(dim=1)  # (B,)
-    k = torch.clamp(n_valid, max=top_k)  # candidates per row
-    # Invalid positions can never be chosen: push them below every valid entropy.
-    # A NaN entropy (a numerical fault upstream) must not jump the queue: it ranks last among valid positions.
+
+
+def _entropy_ranking_scores(entropies: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``(B, C)`` float64 CPU scores that rank the entropy-truncation candidates (paper Sec. 3.3).
+
+    Invalid positions can never be chosen: they are pushed below every valid entropy (``-inf``). A NaN entropy (a
+    numerical fault upstream) must not jump the queue: it ranks last among valid positions.
+    """
     scores = torch.nan_to_num(entropies.detach().to(torch.float64).cpu(), nan=-1e300)
-    scores = scores.masked_fill(~valid.cpu(), float("-inf"))
-    width = min(top_k, scores.size(1))
-    if width == 0:
-        return torch.zeros(entropies.size(0), dtype=torch.long, device=entropies.device)
-    # Stable order: ties are broken by position, so the candidate set is deterministic.
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :width]  # (B, width)
-    # u_i ~ U{0, ..., k_i - 1}: one uniform draw per row, scaled to that row's candidate count
-    u = torch.rand(scores.size(0), generator=generator, dtype=torch.float64)
-    pick = torch.clamp((u * k.cpu().to(torch.float64)).floor().to(torch.long), min=0)
-    pick = torch.minimum(pick, torch.clamp(k.cpu() - 1, min=0))
-    cut = order.gather(1, pick.unsqueeze(1)).squeeze(1)
-    cut = torch.where(n_valid.cpu() > 0, cut, torch.zeros_like(cut))
-    return cut.to(entropies.device)
+    return scores.masked_fill(~valid.cpu(), float("-inf"))
+
+
+def _uniform_candidate_index(counts: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The uniform pick of entropy truncation (paper Sec. 3.3): ``u_i ~ U{0, ..., k_i - 1}`` per row.
+
+    One float64 uniform draw per row from ``generator``, scaled to that row's candidate count ``k_i = counts[i]``
+    (CPU long, ``(B,)``); a row with no candidate gets 0.
+    """
+    u = torch.rand(counts.size(0), generator=generator, dtype=torch.float64)
+    pick = torch.clamp((u * counts.to(torch.float64)).floor().to(torch.long), min=0)
+    return torch.minimum(pick, torch.clamp(counts - 1, min=0))
 
 
 def continuation_budgets(

@@ -8,6 +8,8 @@ that has the tensors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .core import behavior_kl_estimate, clipped_token_mask, position_bin_sums, segment_means, segment_sums
@@ -20,15 +22,20 @@ __all__ = [
     "composition_sums",
     "continuation_ratio_summary",
     "importance_sampling_metrics",
+    "loss_statistics_metrics",
+    "loss_statistics_sums",
     "prefix_group_metrics",
+    "prefix_group_names",
     "prefix_group_sums",
     "position_metrics",
     "prefix_staleness_sums",
     "position_sums",
+    "reduce_sums",
     "relay_length_metrics",
     "segment_metrics",
     "segment_statistic_values",
     "segment_statistics_sums",
+    "select_sums",
 ]
 
 
@@ -111,6 +118,17 @@ def prefix_staleness_sums(sums: dict[str, torch.Tensor]) -> tuple[float, float, 
     )
 
 
+def prefix_group_names(pool_size: int, sources: list[str]) -> dict[str, list[str]]:
+    """The batch keys that name each relay row's writer, with the metric names of their groups: the pool member's age
+    rank with a pool (``behavior_pool_size`` > 1), the prefix source with several sources."""
+    groups = {}
+    if pool_size > 1:
+        groups["behavior_member_age"] = [f"soup/pool/age_{k}" for k in range(pool_size)]
+    if len(sources) > 1:
+        groups["prefix_source_id"] = [f"soup/source/{name}" for name in sources]
+    return groups
+
+
 def prefix_group_sums(
     values: dict[str, torch.Tensor],
     mask: torch.Tensor,
@@ -185,3 +203,44 @@ def importance_sampling_metrics(gathered: torch.Tensor) -> dict[str, float]:
             reduce(finite).item() if finite.numel() else float("nan")
         )
     return metrics
+
+
+def loss_statistics_sums(
+    values: dict[str, torch.Tensor],
+    mask: torch.Tensor,
+    prefix_mask: torch.Tensor,
+    groups: dict[str, tuple[torch.Tensor, int]],
+    log_positions: bool,
+) -> dict[str, torch.Tensor]:
+    """Every sum one loss batch contributes, under prefixed names to all-reduce in one collective: ``segment/``
+    (:func:`segment_statistics_sums`), ``position/`` (:func:`position_sums`, with ``log_positions``) and
+    ``group/<key>`` (:func:`prefix_group_sums` of each ``key -> (row groups, number of groups)``)."""
+    sums = {f"segment/{name}": value for name, value in segment_statistics_sums(values, mask, prefix_mask).items()}
+    if log_positions:
+        sums |= {f"position/{name}": value for name, value in position_sums(values, mask).items()}
+    for key, (row_groups, count) in groups.items():
+        sums[f"group/{key}"] = prefix_group_sums(values, mask, prefix_mask, row_groups, count)
+    return sums
+
+
+def loss_statistics_metrics(sums: dict[str, torch.Tensor], group_names: dict[str, list[str]]) -> dict[str, float]:
+    """The metrics of reduced :func:`loss_statistics_sums`: by segment, by position, and by row group (the metric
+    names of each group key)."""
+    metrics = segment_metrics(select_sums(sums, "segment/")) | position_metrics(select_sums(sums, "position/"))
+    for key, names in group_names.items():
+        metrics |= prefix_group_metrics(sums[f"group/{key}"], names)
+    return metrics
+
+
+def select_sums(sums: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``sums`` under ``prefix``, with the prefix removed."""
+    return {name[len(prefix) :]: value for name, value in sums.items() if name.startswith(prefix)}
+
+
+def reduce_sums(sums: dict[str, torch.Tensor], reduce: Callable[[torch.Tensor], torch.Tensor]) -> dict:
+    """Named sums summed over processes in one collective: ``reduce`` (a sum over ranks) gets them flattened into one
+    tensor, in the order of ``sums`` (every rank must pass the same names in the same order)."""
+    names = list(sums)
+    flat = reduce(torch.cat([sums[name].flatten() for name in names]))
+    chunks = flat.split([sums[name].numel() for name in names])
+    return {name: chunk.view_as(sums[name]) for name, chunk in zip(names, chunks, strict=True)}

@@ -28,7 +28,6 @@ import torch
 from ._registry import Registry
 
 __all__ = [
-    "POOL_SEED_STREAM",
     "available_pool_samplings",
     "choose_pool_members",
     "pool_age_order",
@@ -38,7 +37,6 @@ __all__ = [
 
 PoolSampling = Callable[[int, list[int], torch.Generator], Sequence[int]]
 _REGISTRY = Registry("pool sampling rule", "behavior_pool_sampling", "trl_soup.register_pool_sampling")
-POOL_SEED_STREAM = 2**45  # offset of the member-choice RNG stream from the behavior sampling streams
 
 
 def register_pool_sampling(name: str, fn: PoolSampling | None = None, *, overwrite: bool = False):

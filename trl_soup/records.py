@@ -12,9 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .core import mixed_old_per_token_logps
+from .core import build_prefix_mask, mixed_old_per_token_logps
 
-__all__ = ["LossCapture", "RelayRecord"]
+__all__ = ["GROUP_FIELDS", "LossCapture", "RelayRecord", "relay_batch_fields"]
+
+# Batch keys that name the writer of each relay row -> the RelayRecord field they come from.
+GROUP_FIELDS = {"behavior_member_age": "member_ages", "prefix_source_id": "source_ids"}
 
 
 @dataclass
@@ -61,6 +64,25 @@ class RelayRecord:
         )
 
 
+def relay_batch_fields(record: RelayRecord | None, completion_ids: torch.Tensor, group_keys) -> dict:
+    """The batch keys SOUP's loss reads, for a batch of ``completion_ids`` ``(B, L)``: ``prefix_mask`` (Eq. 4) and
+    ``behavior_per_token_logps`` (0 off the prefix; all 0 without a record: an on-policy batch), and for each key of
+    ``group_keys`` (of :data:`GROUP_FIELDS`) which pool member / prefix source wrote each row (-1: none)."""
+    batch, length = completion_ids.shape
+    device = completion_ids.device
+    if record is None:
+        prefix_lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        behavior = torch.zeros(batch, length, dtype=torch.float32, device=device)
+    else:
+        prefix_lengths = record.prefix_lengths.to(device)
+        behavior = record.behavior_per_token_logps(length, device)
+    fields = {"behavior_per_token_logps": behavior, "prefix_mask": build_prefix_mask(prefix_lengths, length)}
+    for key in group_keys:
+        values = None if record is None else getattr(record, GROUP_FIELDS[key])
+        fields[key] = (torch.full((batch,), -1, dtype=torch.long) if values is None else values).to(device)
+    return fields
+
+
 @dataclass
 class LossCapture:
     """The loss forward's values, recorded for the ``soup/`` segment statistics.
@@ -74,6 +96,23 @@ class LossCapture:
     entropies: torch.Tensor | None = None
     deferred_denominator: torch.Tensor | None = None
     deferred_prefix_mask: torch.Tensor | None = None
+
+    def loss_inputs(self, inputs: dict, defer_allowed: bool) -> dict:
+        """The batch TRL's loss gets: ``old_per_token_logps`` replaced by paper Eq. 5's denominator, pi_behavior on
+        prefix tokens and pi_old on continuation tokens. A relay batch without pi_old (``defer_allowed``: with
+        ``old_logps_from_loss_forward``) gets the behavior log-probs on the prefix now; :meth:`record` fills the
+        continuation in place from the loss forward before TRL computes the ratio. Other batches are unchanged."""
+        prefix_mask, old = inputs["prefix_mask"], inputs.get("old_per_token_logps")
+        if old is not None:
+            denominator = mixed_old_per_token_logps(prefix_mask, inputs["behavior_per_token_logps"], old)
+            return {**inputs, "old_per_token_logps": denominator}
+        if not bool(prefix_mask.any()):
+            return inputs
+        if not defer_allowed:
+            raise RuntimeError("A relay batch reached the loss without old_per_token_logps.")
+        self.deferred_denominator = inputs["behavior_per_token_logps"].clone()
+        self.deferred_prefix_mask = prefix_mask
+        return {**inputs, "old_per_token_logps": self.deferred_denominator}
 
     def record(self, per_token_logps: torch.Tensor, entropies: torch.Tensor | None) -> None:
         self.per_token_logps = per_token_logps.detach()

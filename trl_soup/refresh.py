@@ -54,7 +54,6 @@ class RefreshStats:
 
 RefreshPolicy = Callable[[RefreshStats, object], bool]
 _REGISTRY = Registry("refresh policy", "behavior_refresh_policy", "trl_soup.register_refresh_policy")
-_POLICIES: dict[str, RefreshPolicy] = _REGISTRY.entries
 
 
 def register_refresh_policy(name: str, fn: RefreshPolicy | None = None, *, overwrite: bool = False):

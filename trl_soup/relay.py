@@ -97,6 +97,24 @@ def assemble_relay(
         ``(completion_ids, sampling_logps, record)``: ``B`` token lists, per-token log-probs or None, the record.
     """
     size = len(plan.prefixes)
+    continuations, continuation_logps = _cut_continuations(plan, continuation)
+    completion_ids = [plan.prefixes[i] + continuations.get(i, []) for i in range(size)]
+    sampling_logps = None
+    if nan_prefix_logps:
+        sampling_logps = [[float("nan")] * len(plan.prefixes[i]) + continuation_logps.get(i, []) for i in range(size)]
+    record = _relay_record(plan, samples)
+    return completion_ids, sampling_logps, record
+
+
+def _cut_continuations(
+    plan: ContinuationPlan, continuation: tuple[list[list[int]], list[list[float]] | None] | None
+) -> tuple[dict[int, list[int]], dict[int, list[float]]]:
+    """The answer of each row that continues, cut to the row's own budget, by row index.
+
+    Returns:
+        ``(tokens, logps)``: token ids and sampling log-probs (cut exactly like the tokens; empty when the answers
+        carry none) of the rows of ``plan.sent`` that are not final. Both are empty when ``continuation`` is None.
+    """
     continuations: dict[int, list[int]] = {}
     continuation_logps: dict[int, list[float]] = {}
     if continuation is not None:
@@ -107,13 +125,16 @@ def assemble_relay(
                 continuations[i] = list(ids[k])[:budget]
                 if logps is not None:
                     continuation_logps[i] = list(logps[k])[:budget]  # truncated exactly like the tokens
-    completion_ids = [plan.prefixes[i] + continuations.get(i, []) for i in range(size)]
-    sampling_logps = None
-    if nan_prefix_logps:
-        sampling_logps = [[float("nan")] * len(plan.prefixes[i]) + continuation_logps.get(i, []) for i in range(size)]
+    return continuations, continuation_logps
+
+
+def _relay_record(plan: ContinuationPlan, samples: BehaviorSamples) -> RelayRecord:
+    """The :class:`~trl_soup.records.RelayRecord` of a planned batch: prefixes, their behavior log-probs, the full
+    behavior responses and (with a pool or several prefix sources) each row's member age and source."""
+    size = len(plan.prefixes)
     lengths = samples.lengths.cpu()
     behavior_ids = samples.completion_ids.cpu()
-    record = RelayRecord(
+    return RelayRecord(
         prefix_lengths=plan.prefix_lengths,
         prefix_logps=[samples.per_token_logps[i, : plan.prefix_lengths[i]].float() for i in range(size)],
         behavior_lengths=lengths,
@@ -122,7 +143,6 @@ def assemble_relay(
         member_ages=None if samples.member_ages is None else samples.member_ages.cpu(),
         source_ids=None if samples.source_ids is None else samples.source_ids.cpu(),
     )
-    return completion_ids, sampling_logps, record
 
 
 def relay_generation(
@@ -154,7 +174,15 @@ def relay_generation(
     Returns:
         ``(completion_ids, sampling_logps, record)`` as :func:`assemble_relay`.
     """
-    prefix_lengths = compute_prefix_lengths(
+    prefix_lengths = _behavior_prefix_lengths(samples, args, generator)
+    plan = plan_continuations(prompt_ids, samples, prefix_lengths, max_completion_length, send_every_row=use_vllm)
+    continuation = _request_continuations(plan, prompt_ids, continue_fn, collective, reduce_max)
+    return assemble_relay(plan, samples, continuation, nan_prefix_logps=use_vllm)
+
+
+def _behavior_prefix_lengths(samples: BehaviorSamples, args, generator: torch.Generator) -> torch.Tensor:
+    """``(B,)`` prefix lengths of the behavior responses under ``args.prefix_strategy`` (paper Sec. 3.3)."""
+    return compute_prefix_lengths(
         args.prefix_strategy,
         samples.completion_ids,
         samples.per_token_logps,
@@ -163,12 +191,22 @@ def relay_generation(
         generator,
         args,
     )
-    plan = plan_continuations(prompt_ids, samples, prefix_lengths, max_completion_length, send_every_row=use_vllm)
-    continuation = None
-    if plan.requests or collective:
-        max_budget = plan.max_budget if reduce_max is None else reduce_max(plan.max_budget)
-        continuation = continue_fn(plan.requests or [list(prompt_ids[0])], max_budget)
-    return assemble_relay(plan, samples, continuation, nan_prefix_logps=use_vllm)
+
+
+def _request_continuations(
+    plan: ContinuationPlan,
+    prompt_ids: list[list[int]],
+    continue_fn: ContinuationFn,
+    collective: bool,
+    reduce_max: Callable[[int], int] | None,
+) -> tuple[list[list[int]], list[list[float]] | None] | None:
+    """Ask ``continue_fn`` once for the plan's continuations, with the largest budget (over ranks with
+    ``reduce_max``); None when no row continues and the generation is not collective (else, with no request, one
+    throw-away request: the first prompt)."""
+    if not (plan.requests or collective):
+        return None
+    max_budget = plan.max_budget if reduce_max is None else reduce_max(plan.max_budget)
+    return continue_fn(plan.requests or [list(prompt_ids[0])], max_budget)
 
 
 @torch.no_grad()

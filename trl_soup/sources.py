@@ -34,21 +34,8 @@ __all__ = [
     "source_weights",
 ]
 
-_REGISTRY = Registry("prefix source", "prefix_source", "trl_soup.register_prefix_source")
-BUILTIN_SOURCES = ("behavior", "dataset", "on_policy", "teacher")
-
-
-def _builtin_factory(name: str) -> Callable:
-    def factory(trainer):
-        from .behavior.sources import build_builtin_source  # the backends import torch models: load on use
-
-        return build_builtin_source(name, trainer)
-
-    return factory
-
-
-for _name in BUILTIN_SOURCES:
-    _REGISTRY.register(_name, _builtin_factory(_name))
+_REGISTRY = Registry("prefix source", "prefix_source", "trl_soup.register_prefix_source")  # users' sources only
+BUILTIN_SOURCES = ("behavior", "dataset", "on_policy", "teacher")  # built by trl_soup.behavior.sources
 
 
 def register_prefix_source(name: str, factory: Callable | None = None, *, overwrite: bool = False):
@@ -62,10 +49,11 @@ def register_prefix_source(name: str, factory: Callable | None = None, *, overwr
 
 def available_prefix_sources() -> list[str]:
     """Names accepted by ``SOUPConfig.prefix_source`` and as keys of ``prefix_source_weights``."""
-    return _REGISTRY.names()
+    return sorted({*BUILTIN_SOURCES, *_REGISTRY.names()})
 
 
 def registered_source_factory(name: str) -> Callable:
+    """The factory a user registered under ``name`` (not a built-in: those are built by the behavior package)."""
     return _REGISTRY.get(name)
 
 

@@ -160,8 +160,7 @@ def build_tokenizer(padding_side: str = "left"):
         set. It works with TRL's `GRPOTrainer` for plain-text prompts (pass it as `processing_class`) and
         round-trips through `save_pretrained` / `AutoTokenizer.from_pretrained`.
     """
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-    from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
+    from ._compat import Qwen2Tokenizer, bytes_to_unicode
 
     byte_symbol = bytes_to_unicode()  # the byte-level alphabet: printable ASCII maps to itself, space to "\u0120"
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -196,31 +195,53 @@ def build_tiny_model(
     intermediate_size: int = 512,
     max_position_embeddings: int = 512,
 ):
-    """A randomly initialised float32 `Qwen2ForCausalLM` sized for CPU tests (0.54 M parameters by default).
+    """A randomly initialised float32 `Qwen2ForCausalLM` for CPU tests (0.54 M parameters by default), in train mode.
 
-    The head dimension is `hidden_size // num_attention_heads` (64 by default): vLLM's CPU attention kernel
-    needs a head dimension such as 64 (16 fails). The weights depend only on `seed` and the sizes; the global
-    torch RNG is forked, so building a model neither reads nor advances it.
+    The head dimension is `hidden_size // num_attention_heads` (64 by default): vLLM's CPU attention kernel needs a
+    head dimension such as 64 (16 fails). The weights depend only on `seed` and the sizes; the global torch RNG is
+    forked, so building a model neither reads nor advances it.
 
     Args:
         tokenizer: gives `vocab_size = len(tokenizer)` and the pad / eos / bos ids of the config and of the
             generation config.
         seed: seed of the random initialisation (same seed and sizes -> identical weights).
-        tie_word_embeddings: share the input embedding with the output head (as small Qwen2.5 models do;
-            a vLLM disk reload handles such models differently, see design notes Sec. 5).
+        tie_word_embeddings: share the input embedding with the output head (as small Qwen2.5 models do; a vLLM
+            disk reload handles such models differently, see design notes Sec. 5).
         hidden_size, num_layers, num_attention_heads, num_key_value_heads, intermediate_size,
             max_position_embeddings: the usual `Qwen2Config` sizes.
-
-    Returns:
-        The model, in train mode.
     """
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    config = _tiny_model_config(
+        tokenizer,
+        tie_word_embeddings,
+        hidden_size,
+        num_layers,
+        num_attention_heads,
+        num_key_value_heads,
+        intermediate_size,
+        max_position_embeddings,
+    )
+    return _initialised_model(config, tokenizer, seed)
+
+
+def _tiny_model_config(
+    tokenizer,
+    tie_word_embeddings: bool,
+    hidden_size: int,
+    num_layers: int,
+    num_attention_heads: int,
+    num_key_value_heads: int,
+    intermediate_size: int,
+    max_position_embeddings: int,
+):
+    """The float32 `Qwen2Config` of `build_tiny_model` (vocabulary size and pad / eos / bos ids from `tokenizer`,
+    head dimension `hidden_size // num_attention_heads`, no sliding window)."""
+    from transformers import Qwen2Config
 
     if hidden_size % num_attention_heads:
         raise ValueError(
             f"hidden_size ({hidden_size}) must be a multiple of num_attention_heads ({num_attention_heads})"
         )
-    config = Qwen2Config(
+    return Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -236,6 +257,14 @@ def build_tiny_model(
         use_sliding_window=False,
         dtype="float32",
     )
+
+
+def _initialised_model(config, tokenizer, seed: int):
+    """`Qwen2ForCausalLM(config)` in float32 and train mode, with the pad / eos / bos ids of `tokenizer` in its
+    generation config. The weights are drawn after `torch.manual_seed(seed)` inside a fork of the global torch RNG,
+    which is neither read nor advanced."""
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config).to(torch.float32)
@@ -326,46 +355,27 @@ def warmup_sft(
     noisy_learning_rate: float = 1e-3,
     seed: int = 0,
 ) -> list[float]:
-    """A short supervised warm-up on the answers (plain torch loop, no TRL), in place.
+    """A short supervised warm-up on the answers (plain torch loop, no TRL), in place; returns the loss of each step.
 
-    Minimises the cross-entropy of `answer + <eos>` given `prompt` (prompt tokens carry no loss) with AdamW
-    (no weight decay) on batches of `batch_size` rows drawn with replacement. Two phases, each with a fresh
-    optimizer:
-
-    1. `steps` steps on clean answers at `learning_rate`: the model learns the task (the copy task is
-       learned in about 50 steps: greedy reward 1.0).
-    2. `noisy_steps` steps on noisy answers at the lower `noisy_learning_rate`: each answer digit is
-       replaced, with probability `label_noise`, by a uniformly random digit (in the labels and in the
-       teacher-forced input); <eos> is never corrupted. The most likely digit stays the right one (greedy
-       reward stays about 1.0) but sampling flattens towards `1 - label_noise + label_noise / 10` on it
-       (0.325 at 0.75): reward at temperature 1 is about 0.3.
-
-    The result mimics a pretrained model that "knows" the answer but samples it unreliably: GRPO has
-    signal at once and room to climb, and what it has to do is what RL fine-tuning mostly does to real
-    models (sharpen). With `noisy_steps=0` this is a plain SFT loop. Measured (1 CPU thread, seeds 0-2,
-    defaults, warm-up set `build_dataset(1024, seed=seed + 1)`): 4-6 s; greedy reward 0.95-1.0,
-    temperature-1 reward 0.26-0.29 (on 128 held-out prompts).
+    Minimises the cross-entropy of `answer + <eos>` given `prompt` (prompt tokens carry no loss) with AdamW (no weight
+    decay) on batches of `batch_size` rows drawn with replacement, in two phases, each with a fresh optimizer: `steps`
+    steps on clean answers at `learning_rate` (the copy task is learned in about 50 steps: greedy reward 1.0), then
+    `noisy_steps` steps at the lower `noisy_learning_rate` on noisy answers (`_noise_answer_digits`: greedy reward
+    stays about 1.0, reward at temperature 1 drops to about 0.3). With `noisy_steps=0` this is a plain SFT loop.
+    Measured (1 CPU thread, seeds 0-2, defaults, warm-up set `build_dataset(1024, seed=seed + 1)`): 4-6 s; greedy
+    reward 0.95-1.0, temperature-1 reward 0.26-0.29 (on 128 held-out prompts).
 
     Args:
-        model: a causal LM (e.g. from `build_tiny_model`); trained in place and left in train mode.
-        tokenizer: the tokenizer the model was built with (rows are left-padded here regardless).
+        model, tokenizer: a causal LM (e.g. from `build_tiny_model`; trained in place, left in train mode) and the
+            tokenizer it was built with (rows are left-padded here regardless).
         dataset: rows with "prompt" and "answer" (e.g. `build_dataset(1024, seed=1)`).
-        steps: optimiser steps on clean answers.
-        noisy_steps: optimiser steps on noisy answers, after the clean ones.
+        steps, noisy_steps, batch_size: optimiser steps on clean answers, then on noisy answers; rows per step.
         label_noise: probability that an answer digit is replaced in the noisy phase.
-        batch_size: rows per step.
-        learning_rate, noisy_learning_rate: AdamW learning rates of the two phases (a high rate in the noisy
-            phase also damages the right answer, not only the confidence in it).
+        learning_rate, noisy_learning_rate: AdamW learning rates of the two phases (a high rate in the noisy phase
+            also damages the right answer, not only the confidence in it).
         seed: seed of the batch order and the noise (a private generator; the global RNG is untouched).
-
-    Returns:
-        The training loss of each step (`steps + noisy_steps` values).
     """
-    rows = []
-    for prompt, answer in zip(dataset["prompt"], dataset["answer"], strict=True):
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    rows = _sft_rows(tokenizer, dataset)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     losses = _sft_phase(model, tokenizer, rows, steps, batch_size, learning_rate, 0.0, generator)
@@ -374,8 +384,19 @@ def warmup_sft(
     return losses
 
 
+def _sft_rows(tokenizer, dataset) -> list[tuple[list[int], list[int]]]:
+    """`(input_ids, labels)` of each row: `prompt + answer + <eos>` token ids, labels -100 on the prompt tokens."""
+    rows = []
+    for prompt, answer in zip(dataset["prompt"], dataset["answer"], strict=True):
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        rows.append((prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids))
+    return rows
+
+
 def _sft_phase(model, tokenizer, rows, steps, batch_size, learning_rate, label_noise, generator) -> list[float]:
-    """`steps` AdamW steps of next-token cross-entropy on `rows` = [(input_ids, labels)], answer digits noised."""
+    """`steps` AdamW steps of next-token cross-entropy on `rows` = [(input_ids, labels)], answer digits noised
+    (`_noise_answer_digits`) when `label_noise > 0`."""
     if steps <= 0:
         return []
     device = next(model.parameters()).device
@@ -394,11 +415,7 @@ def _sft_phase(model, tokenizer, rows, steps, batch_size, learning_rate, label_n
             labels[row, width - len(ids) :] = torch.tensor(row_labels)
             attention_mask[row, width - len(ids) :] = 1
         if label_noise > 0:
-            is_answer_digit = torch.isin(labels, digit_ids)  # labels are -100 on the prompt: prompt digits stay
-            noisy = is_answer_digit & (torch.rand(labels.shape, generator=generator) < label_noise)
-            random_digits = digit_ids[torch.randint(len(digit_ids), labels.shape, generator=generator)]
-            labels = torch.where(noisy, random_digits, labels)
-            input_ids = torch.where(noisy, random_digits, input_ids)  # teacher forcing on the noisy answer
+            input_ids, labels = _noise_answer_digits(input_ids, labels, digit_ids, label_noise, generator)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` computes them
         loss = model(
             input_ids=input_ids.to(device),
@@ -411,6 +428,25 @@ def _sft_phase(model, tokenizer, rows, steps, batch_size, learning_rate, label_n
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def _noise_answer_digits(input_ids, labels, digit_ids, label_noise, generator):
+    """The noise of the warm-up's noisy phase: each answer digit is replaced, with probability `label_noise`, by a
+    uniformly random digit, in the labels and in the teacher-forced input; <eos> and the prompt are never corrupted.
+
+    The most likely digit stays the right one (greedy reward stays about 1.0) but sampling flattens towards
+    `1 - label_noise + label_noise / 10` on it (0.325 at 0.75): reward at temperature 1 is about 0.3. The result
+    mimics a pretrained model that "knows" the answer but samples it unreliably: GRPO has signal at once and room to
+    climb, and what it has to do is what RL fine-tuning mostly does to real models (sharpen). Draws one uniform per
+    position, then one random digit per position, from `generator`.
+
+    Returns:
+        The noisy `(input_ids, labels)`.
+    """
+    is_answer_digit = torch.isin(labels, digit_ids)  # labels are -100 on the prompt: prompt digits stay
+    noisy = is_answer_digit & (torch.rand(labels.shape, generator=generator) < label_noise)
+    random_digits = digit_ids[torch.randint(len(digit_ids), labels.shape, generator=generator)]
+    return torch.where(noisy, random_digits, input_ids), torch.where(noisy, random_digits, labels)
 
 
 WARMUP_NUM_PROMPTS = 1024

@@ -26,9 +26,11 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers import GenerationConfig
 
 from .._compat import (
+    DynamicLayer,
+    DynamicSlidingWindowLayer,
     add_fused_lm_head,
     generation_cache_kwargs,
     no_init_weights,
@@ -273,6 +275,37 @@ def behavior_adapter_name(member: int) -> str:
     return BEHAVIOR_ADAPTER if member == 0 else f"{BEHAVIOR_ADAPTER}_{member}"
 
 
+def cut_at_first_eos(completion_ids: torch.Tensor, eos_token_ids, pad_token_id: int):
+    """Completions ``(B, L)`` kept up to and including their first EOS: the ids with padding after it, the mask, and
+    whether each row ended with EOS."""
+    device = completion_ids.device
+    is_eos = torch.isin(completion_ids, torch.tensor(eos_token_ids, device=device))
+    has_eos = is_eos.any(dim=1)
+    length = completion_ids.size(1)
+    eos_idx = torch.where(has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, length, dtype=torch.long))
+    mask = (torch.arange(length, device=device).unsqueeze(0) <= eos_idx.unsqueeze(1)).long()
+    return completion_ids.masked_fill(mask == 0, pad_token_id), mask, has_eos
+
+
+def use_transformers_generation_settings(trainer) -> None:
+    """TRL builds transformers generation settings only without vLLM; with ``use_vllm`` the in-process behavior copy
+    samples with transformers under the sampling settings TRL gives vLLM (``args.generation_kwargs`` are vLLM's, not
+    used). Sets the trainer's ``generation_kwargs`` and ``generation_config``, which only this backend reads then."""
+    trainer.generation_kwargs = {
+        "max_new_tokens": trainer.max_completion_length,
+        "do_sample": True,
+        "pad_token_id": trainer._tokenizer.pad_token_id,
+        "bos_token_id": trainer._tokenizer.bos_token_id,
+        "eos_token_id": trainer.eos_token_ids,
+        "temperature": trainer.temperature,
+        "top_p": trainer.top_p,
+        "top_k": trainer.top_k,
+        "min_p": trainer.min_p,
+        "repetition_penalty": trainer.repetition_penalty,
+    }
+    trainer.generation_config = GenerationConfig(**trainer.generation_kwargs, disable_compile=True)
+
+
 class LocalBehaviorBackend(BehaviorBackend):
     """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter).
 
@@ -288,6 +321,8 @@ class LocalBehaviorBackend(BehaviorBackend):
         self.is_peft = is_peft_model(learner)
         self.zero3 = is_zero3(trainer.accelerator)
         self._engine = None  # the DeepSpeed engine around the snapshot under ZeRO-3 (it owns the gathering hooks)
+        if trainer.use_vllm:  # the learner generates with vLLM; this copy samples with transformers
+            use_transformers_generation_settings(trainer)
         # Behavior log-probs come from generate's own forward passes, except where those cannot equal the loss
         # forward's: under ZeRO-3 (synced_gpus runs forwards that append no token) and in reduced precision (the loss
         # forward runs under the accelerator's autocast with TRL's fused LM head; generate's incremental bf16 forwards
@@ -303,40 +338,50 @@ class LocalBehaviorBackend(BehaviorBackend):
                 "fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
             )
         if self.is_peft:
-            trained = learner.active_adapter
-            if not isinstance(trained, str):
-                raise ValueError(f"SOUP's local behavior backend needs one active PEFT adapter, got {trained!r}.")
-            if self.adapter_name in learner.peft_config:
-                raise ValueError(
-                    f"The PEFT model already has an adapter named {self.adapter_name!r}; SOUP reserves that name for "
-                    "the behavior copy."
-                )
-            learner.add_adapter(self.adapter_name, copy.deepcopy(learner.peft_config[trained]))
-            self._pairs = adapter_twin_pairs(learner, trained, self.adapter_name)  # (trained, behavior) tensors
-            for _, behavior in self._pairs:
-                behavior.requires_grad_(False)
-            self.snapshot = None
+            self._add_twin_adapter(learner)
         elif self.zero3:
-            # Like TRL's reference model under ZeRO-3: built partitioned (zero.Init through _from_config when the
-            # HF DeepSpeed config is active), wrapped by prepare_deepspeed, then filled from the learner.
-            _init_deepspeed_comm()
-            with no_init_weights():
-                snapshot = type(learner)._from_config(copy.deepcopy(learner.config), dtype=learner.dtype)
-            self._prepare_snapshot(snapshot)
-            self._engine = prepare_deepspeed(snapshot, trainer.accelerator)
-            self.snapshot = snapshot
-            self.refresh()
+            self._build_partitioned_snapshot(learner)
         else:
-            config = copy.deepcopy(learner.config)
-            with no_init_weights():
-                snapshot = type(learner)(config)
-            snapshot.load_state_dict(_clone_state_dict_keeping_ties(learner.state_dict()), assign=True, strict=True)
-            # The training device, not the learner's: under DeepSpeed ZeRO-1/2 the learner is still on the CPU here
-            # (the engine moves it at train time). Non-persistent buffers (e.g. rotary) follow.
-            snapshot.to(trainer.accelerator.device)
-            self._prepare_snapshot(snapshot)
-            self.snapshot = snapshot
-            self._follow_buffers(learner)
+            self._build_snapshot(learner)
+
+    def _add_twin_adapter(self, learner) -> None:
+        """PEFT: a second adapter next to the trained one, frozen; the base weights are shared."""
+        trained = learner.active_adapter
+        if not isinstance(trained, str):
+            raise ValueError(f"SOUP's local behavior backend needs one active PEFT adapter, got {trained!r}.")
+        if self.adapter_name in learner.peft_config:
+            raise ValueError(
+                f"The PEFT model already has an adapter named {self.adapter_name!r}; SOUP reserves that name for "
+                "the behavior copy."
+            )
+        learner.add_adapter(self.adapter_name, copy.deepcopy(learner.peft_config[trained]))
+        self._pairs = adapter_twin_pairs(learner, trained, self.adapter_name)  # (trained, behavior) tensors
+        for _, behavior in self._pairs:
+            behavior.requires_grad_(False)
+        self.snapshot = None
+
+    def _build_partitioned_snapshot(self, learner) -> None:
+        """ZeRO-3, like TRL's reference model: built partitioned (zero.Init through _from_config when the HF DeepSpeed
+        config is active), wrapped by prepare_deepspeed, then filled from the learner."""
+        _init_deepspeed_comm()
+        with no_init_weights():
+            snapshot = type(learner)._from_config(copy.deepcopy(learner.config), dtype=learner.dtype)
+        self._prepare_snapshot(snapshot)
+        self._engine = prepare_deepspeed(snapshot, self.trainer.accelerator)
+        self.snapshot = snapshot
+        self.refresh()
+
+    def _build_snapshot(self, learner) -> None:
+        """A second model built from the learner's config and loaded with its weights (never a deep copy)."""
+        with no_init_weights():
+            snapshot = type(learner)(copy.deepcopy(learner.config))
+        snapshot.load_state_dict(_clone_state_dict_keeping_ties(learner.state_dict()), assign=True, strict=True)
+        # The training device, not the learner's: under DeepSpeed ZeRO-1/2 the learner is still on the CPU here
+        # (the engine moves it at train time). Non-persistent buffers (e.g. rotary) follow.
+        snapshot.to(self.trainer.accelerator.device)
+        self._prepare_snapshot(snapshot)
+        self.snapshot = snapshot
+        self._follow_buffers(learner)
 
     def _prepare_snapshot(self, snapshot) -> None:
         snapshot.requires_grad_(False)
@@ -513,6 +558,37 @@ class LocalBehaviorBackend(BehaviorBackend):
             )
         return logps, entropies
 
+    def _generate(self, p_ids, p_mask, max_new_tokens: int, seed: int):
+        """``generate`` with the trainer's sampling settings under ``seed``; returns its output and the recorder of
+        the sampling forwards' log-probs (None where they cannot equal the loss forward's: then the response is
+        scored after sampling)."""
+        trainer = self.trainer
+        generation_config = copy.copy(trainer.generation_config)
+        generation_config.max_new_tokens = max_new_tokens
+        generation_kwargs = {**trainer.generation_kwargs, "max_new_tokens": max_new_tokens}
+        recorder = None if self.score_after_sampling else SamplingLogprobRecorder(trainer.temperature)
+        device = trainer.accelerator.device
+        with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
+            # The G samples of a prompt share its prefill: computed once per distinct prompt (not under ZeRO-3, where
+            # a forward is a collective and ranks could disagree on whether to run it, nor with a cache_implementation,
+            # which generate builds itself and refuses next to a given cache).
+            cache = None
+            if not self.zero3 and generation_config.cache_implementation is None:
+                cache = shared_prompt_cache(model, p_ids, p_mask)
+            hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
+            handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
+            try:
+                out = model.generate(
+                    input_ids=p_ids,
+                    attention_mask=p_mask,
+                    generation_config=generation_config,
+                    **generation_cache_kwargs(cache),
+                )
+            finally:
+                if handle is not None:
+                    handle.remove()
+        return out, recorder
+
     @torch.no_grad()
     def sample(
         self,
@@ -523,45 +599,16 @@ class LocalBehaviorBackend(BehaviorBackend):
         rows: list[dict] | None = None,
     ) -> BehaviorSamples:
         trainer = self.trainer
-        device = trainer.accelerator.device
         p_ids, p_mask = self._pad_prompts(prompt_ids)
-        generation_config = copy.copy(trainer.generation_config)
-        generation_config.max_new_tokens = max_new_tokens
-        generation_kwargs = {**trainer.generation_kwargs, "max_new_tokens": max_new_tokens}
         index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
         # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it
         # is drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
         seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index, stream)
-        # Behavior log-probs and entropies come from the sampling forward passes themselves (no scoring forward),
-        # except under ZeRO-3 where generate may run forward passes that append no token (synced_gpus).
-        recorder = None if self.score_after_sampling else SamplingLogprobRecorder(trainer.temperature)
-        with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
-            # The G samples of a prompt share its prefill: computed once per distinct prompt (not under ZeRO-3, where
-            # a forward is a collective and ranks could disagree on whether to run it, nor with a cache_implementation,
-            # which generate builds itself and refuses next to a given cache).
-            cache = None
-            if not self.zero3 and generation_config.cache_implementation is None:
-                cache = shared_prompt_cache(model, p_ids, p_mask)
-            extra = generation_cache_kwargs(cache)
-            hooked = model.get_base_model() if self.is_peft else model  # the module whose forward returns logits
-            handle = None if recorder is None else hooked.register_forward_hook(recorder, with_kwargs=True)
-            try:
-                out = model.generate(
-                    input_ids=p_ids, attention_mask=p_mask, generation_config=generation_config, **extra
-                )
-            finally:
-                if handle is not None:
-                    handle.remove()
-        c_ids = out[:, p_ids.size(1) :]
+        out, recorder = self._generate(p_ids, p_mask, max_new_tokens, seed)
         # Keep tokens up to and including the first EOS (the same rule as TRL's transformers path).
-        is_eos = torch.isin(c_ids, torch.tensor(trainer.eos_token_ids, device=device))
-        has_eos = is_eos.any(dim=1)
-        eos_idx = torch.where(
-            has_eos, is_eos.int().argmax(dim=1), torch.full_like(has_eos, c_ids.size(1), dtype=torch.long)
+        c_ids, c_mask, has_eos = cut_at_first_eos(
+            out[:, p_ids.size(1) :], trainer.eos_token_ids, trainer._tokenizer.pad_token_id
         )
-        positions = torch.arange(c_ids.size(1), device=device).unsqueeze(0)
-        c_mask = (positions <= eos_idx.unsqueeze(1)).long()
-        c_ids = c_ids.masked_fill(c_mask == 0, trainer._tokenizer.pad_token_id)
         recorded = None if recorder is None else recorder.result(out[:, p_ids.size(1) :])
         if recorded is not None:
             logps, entropies = recorded

@@ -173,9 +173,9 @@ def trl_vllm_client(base_url: str, token: str | None = None, ca_file: str | None
     """TRL's ``VLLMClient`` (the ``"nccl"`` refresh) whose HTTP requests carry ``token`` and verify ``https://`` with
     ``ca_file``. Its session gets both as it is created: ``VLLMClient.__init__`` already calls the server. Imports
     TRL's client (and vLLM) on call."""
-    from trl.generation.vllm_client import VLLMClient
+    from .._compat import trl_vllm_client_class
 
-    class AuthenticatedVLLMClient(VLLMClient):
+    class AuthenticatedVLLMClient(trl_vllm_client_class()):
         @property
         def session(self):
             return self._session

@@ -17,6 +17,7 @@ import torch
 
 from .._compat import pad
 from ..sources import (
+    BUILTIN_SOURCES,
     choose_sources,
     reference_row_logps,
     reference_token_ids,
@@ -291,7 +292,7 @@ def build_prefix_sources(trainer) -> BehaviorBackend:
         return behavior
     sources = {}
     for name in names:
-        if name in ("behavior", "dataset", "on_policy", "teacher"):
+        if name in BUILTIN_SOURCES:
             sources[name] = build_builtin_source(name, trainer, behavior)
         else:
             sources[name] = _registered_source(name, trainer)

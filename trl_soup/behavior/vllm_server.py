@@ -38,6 +38,7 @@ from accelerate.utils import is_peft_model
 
 from ..core import entropy_from_top_logprobs
 from ..server_auth import client_token
+from ..validation import check_lora_needs_peft, check_nccl_needs_cuda, check_sampling_settings, sampling_filters
 from .base import BehaviorBackend, BehaviorSamples
 from .local import gathered, is_zero3
 from .prefetch import behavior_sampling_seed
@@ -46,57 +47,6 @@ from .server_client import BehaviorServerClient, BehaviorServerError, trl_vllm_c
 WEIGHTS_FILE = "model.safetensors"
 LORA_PREFIX = "soup-behavior"
 _CONCURRENCY = 16
-
-
-def sampling_filters(args) -> dict:
-    """The sampling settings of ``args`` that make vLLM's sampling distribution differ from
-    ``softmax(logits / temperature)``: ``{name: value}`` for each active one (empty when none is).
-
-    ``args`` needs ``top_p``, ``top_k``, ``min_p`` and ``repetition_penalty`` (GRPOConfig's defaults 1.0, 0, None, 1.0
-    are all inactive; ``top_k`` of None, 0 or -1 and ``min_p`` of None or 0 mean "off").
-    """
-    active = {}
-    top_p = getattr(args, "top_p", 1.0)
-    if top_p is not None and top_p < 1.0:
-        active["top_p"] = top_p
-    top_k = getattr(args, "top_k", 0)
-    if top_k is not None and top_k > 0:
-        active["top_k"] = top_k
-    min_p = getattr(args, "min_p", None)
-    if min_p is not None and min_p > 0.0:
-        active["min_p"] = min_p
-    repetition_penalty = getattr(args, "repetition_penalty", 1.0)
-    if repetition_penalty is not None and repetition_penalty != 1.0:
-        active["repetition_penalty"] = repetition_penalty
-    return active
-
-
-def check_sampling_settings(args) -> None:
-    """Refuse sampling settings for which the "vllm_server" backend cannot return exact behavior log-probs.
-
-    The prefix denominator pi_behavior is ``log_softmax(logits / temperature)`` of the behavior weights, the
-    distribution TRL's pi_theta is evaluated on (docs/deviations.md). A vLLM server gives it either as its sampling
-    log-probs (``processed_logprobs``, exact only when no filter or penalty is active) or as prompt log-probs of a
-    re-scoring request (exact only at temperature 1: vLLM computes prompt log-probs from the raw logits). With a
-    filter active and ``temperature != 1`` neither is exact, so this raises ``ValueError``.
-
-    ``args``: a SOUPConfig-like object with ``behavior_backend``, ``temperature``, ``top_p``, ``top_k``, ``min_p`` and
-    ``repetition_penalty``. Does nothing for other backends (the "local" backend scores any setting exactly).
-    """
-    if getattr(args, "behavior_backend", None) != "vllm_server":
-        return
-    active = sampling_filters(args)
-    temperature = getattr(args, "temperature", 1.0)
-    if active and temperature != 1.0:
-        settings = ", ".join(f"{name}={value!r}" for name, value in active.items())
-        raise ValueError(
-            f"behavior_backend='vllm_server' with temperature={temperature!r} and {settings}: a vLLM server cannot "
-            "return the prefix denominator log_softmax(logits / temperature) when sampling filters are on (its "
-            "sampling log-probs are renormalised over the kept tokens, and its prompt log-probs ignore the "
-            "temperature). Allowed: temperature=1.0 with any top_p / top_k / min_p / repetition_penalty; or, at any "
-            "temperature, no filter: top_p=1.0, top_k=0 (or None, -1), min_p=None (or 0.0), repetition_penalty=1.0; "
-            "or behavior_backend='local'."
-        )
 
 
 def server_state_dict(model) -> dict[str, torch.Tensor]:
@@ -150,6 +100,18 @@ def _server_auth(args) -> dict:
     return {"token": client_token(args.behavior_server_token), "ca_file": args.behavior_server_ca_file}
 
 
+# The config.json keys that must match between the served model and the learner (a refreshable behavior server).
+ARCHITECTURE_KEYS = (
+    "architectures",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+)
+
+
 class VLLMServerBehaviorBackend(BehaviorBackend):
     """The behavior copy on a vLLM server, refreshed by disk reload, LoRA loading or NCCL.
 
@@ -173,13 +135,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         self.method = args.behavior_refresh_method if self.refreshable else None
         learner = trainer.accelerator.unwrap_model(trainer.model)
         self.is_peft = is_peft_model(learner)
-        if self.method == "lora" and not self.is_peft:
-            raise ValueError(
-                "behavior_refresh_method='lora' needs a PEFT model (pass peft_config or a PeftModel). Allowed values "
-                "for a fully fine-tuned model: 'disk', 'nccl'."
-            )
-        if self.method == "nccl" and not torch.cuda.is_available():
-            raise ValueError("behavior_refresh_method='nccl' needs CUDA GPUs. Allowed value on CPU: 'disk'.")
+        check_lora_needs_peft(self.method, self.is_peft)
+        check_nccl_needs_cuda(self.method, getattr(args, "use_cpu", False))
         self.client = BehaviorServerClient(self.base_url, args.behavior_server_max_retries, **_server_auth(args))
         self.client.wait_until_healthy(args.behavior_server_timeout)
         models = self.client.models()
@@ -206,11 +163,18 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     # ------------------------------------------------------------------------------------------------ checks
     def _check_same_model(self, learner, served: dict) -> None:
-        """Refuse a server that serves another vocabulary or architecture than the learner."""
-        trainer = self.trainer
-        tokenizer = trainer._tokenizer
+        """Refuse a server that serves another vocabulary or architecture than the learner, or runs with settings
+        SOUP's log-probs and budgets cannot work with."""
+        self._check_same_tokenizer()
+        root = served.get("root") or self.served_model
+        config_path = os.path.join(root, "config.json")
+        if self.refreshable and os.path.isfile(config_path):  # a teacher may be another model (same tokenizer)
+            self._check_same_architecture((learner.get_base_model() if self.is_peft else learner).config, config_path)
+        self._check_server_settings()
+
+    def _check_same_tokenizer(self) -> None:
         probe = "SOUP probe: 0123456789 +-*/= abc xyz"
-        expected = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        expected = self.trainer._tokenizer(probe, add_special_tokens=False)["input_ids"]
         got = self.client.tokenize(self.served_model, probe)
         if got != expected:
             fix = "Start the server from the learner's model." if self.refreshable else "Serve a teacher that uses "
@@ -219,29 +183,23 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 f"The {self.role} server at {self.base_url} serves {self.served_model!r}, whose tokenizer differs "
                 f"from the learner's (probe {probe!r}: server {got[:12]}..., learner {expected[:12]}...). {fix}"
             )
-        config = (learner.get_base_model() if self.is_peft else learner).config
-        root = served.get("root") or self.served_model
-        config_path = os.path.join(root, "config.json")
-        if self.refreshable and os.path.isfile(config_path):  # a teacher may be another model (same tokenizer)
-            with open(config_path) as f:
-                server_config = json.load(f)
-            ours = config.to_dict()
-            for key in (
-                "architectures",
-                "vocab_size",
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "num_key_value_heads",
-                "intermediate_size",
-            ):
-                theirs, mine = server_config.get(key), ours.get(key)
-                if theirs is not None and mine is not None and theirs != mine:
-                    raise ValueError(
-                        f"The behavior server at {self.base_url} serves {self.served_model!r} with {key}="
-                        f"{theirs!r}, the learner has {key}={mine!r}: a different model. Start the "
-                        "server from the learner's model."
-                    )
+
+    def _check_same_architecture(self, config, config_path: str) -> None:
+        with open(config_path) as f:
+            server_config = json.load(f)
+        ours = config.to_dict()
+        for key in ARCHITECTURE_KEYS:
+            theirs, mine = server_config.get(key), ours.get(key)
+            if theirs is not None and mine is not None and theirs != mine:
+                raise ValueError(
+                    f"The behavior server at {self.base_url} serves {self.served_model!r} with {key}="
+                    f"{theirs!r}, the learner has {key}={mine!r}: a different model. Start the "
+                    "server from the learner's model."
+                )
+
+    def _check_server_settings(self) -> None:
+        """Log-probs after temperature scaling, enough of them for the entropy estimate, room for a full response."""
+        args, max_completion_length = self.trainer.args, self.trainer.max_completion_length
         info = self.client.request("GET", "/server_info?config_format=json")
         model_config = (info.get("vllm_config") or {}).get("model_config") or {}
         mode = model_config.get("logprobs_mode")
@@ -252,16 +210,15 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 "--logprobs-mode processed_logprobs (python -m trl_soup.serve_behavior does)."
             )
         max_logprobs = model_config.get("max_logprobs")
-        if max_logprobs is not None and 0 <= max_logprobs < trainer.args.prefix_entropy_logprobs:
+        if max_logprobs is not None and 0 <= max_logprobs < args.prefix_entropy_logprobs:
             raise ValueError(
-                f"prefix_entropy_logprobs={trainer.args.prefix_entropy_logprobs} is more than the behavior server at "
+                f"prefix_entropy_logprobs={args.prefix_entropy_logprobs} is more than the behavior server at "
                 f"{self.base_url} allows (--max-logprobs {max_logprobs}). Allowed values: 1..{max_logprobs}."
             )
-        needed = trainer.max_completion_length + 1
-        if self.max_model_len is not None and self.max_model_len < needed:
+        if self.max_model_len is not None and self.max_model_len < max_completion_length + 1:
             raise ValueError(
                 f"The {self.role} server at {self.base_url} has max_model_len={self.max_model_len}, too short for "
-                f"max_completion_length={trainer.max_completion_length} plus the prompt. Restart it with a larger "
+                f"max_completion_length={max_completion_length} plus the prompt. Restart it with a larger "
                 "--max-model-len."
             )
 
@@ -389,10 +346,19 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         1, :func:`check_sampling_settings`) the row's response is then re-scored by a second request on
         ``prompt + response`` whose prompt log-probs are the unfiltered, unpenalised softmax of the behavior weights.
         """
+        top_k = self.trainer.args.prefix_entropy_logprobs
+        base = self._sampling_payload(max_new_tokens, top_k)
+        seeds = self._row_seeds(len(prompt_ids), generation_batch_index, stream)
+        send = lambda row: self._sample_row(list(prompt_ids[row]), {**base, "seed": seeds[row]}, top_k)  # noqa: E731
+        with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, max(1, len(prompt_ids)))) as pool:
+            rows = list(pool.map(send, range(len(prompt_ids))))
+        return self._samples_from_rows(rows, top_k)
+
+    def _sampling_payload(self, max_new_tokens: int, top_k: int) -> dict:
+        """The completion request's fields shared by every row: the trainer's sampling settings, token ids in and
+        out, top-k log-probs (unless responses are re-scored)."""
         trainer = self.trainer
-        args = trainer.args
-        top_k = args.prefix_entropy_logprobs
-        base = {
+        return {
             "model": self.model_name,
             "max_tokens": max_new_tokens,
             "temperature": trainer.temperature,
@@ -407,32 +373,27 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
         }
-        seeds = self._row_seeds(len(prompt_ids), generation_batch_index, stream)
 
-        def send(row: int) -> tuple[list[int], list[float], list[dict]]:
-            prompt = list(prompt_ids[row])
-            payload = {**base, "prompt": prompt, "seed": seeds[row]}
-            if self.rescore and self.max_model_len is not None:
-                # The re-scoring request needs one free position after prompt + response (vLLM refuses a prompt of
-                # max_model_len tokens), so the response is capped one token below vLLM's own silent cap.
-                payload["max_tokens"] = min(max_new_tokens, self.max_model_len - 1 - len(prompt))
-                if payload["max_tokens"] < 1:
-                    raise BehaviorServerError(
-                        f"A prompt of {len(prompt)} tokens leaves no room for a response on the behavior server at "
-                        f"{self.base_url} (max_model_len={self.max_model_len}). Restart it with a larger "
-                        "--max-model-len."
-                    )
-            choice = self.client.complete(payload)[0]
-            ids = list(choice["token_ids"])
-            if not self.rescore:
-                return _row_from_choice(choice)
-            if not ids:
-                return ids, [], []
-            return (ids, *self._score(prompt, ids, top_k))
-
-        with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, max(1, len(prompt_ids)))) as pool:
-            rows = list(pool.map(send, range(len(prompt_ids))))
-        return self._samples_from_rows(rows, top_k)
+    def _sample_row(self, prompt: list[int], base: dict, top_k: int) -> tuple[list[int], list[float], list[dict]]:
+        """One row's response: its token ids, log-probs and top-k log-probs (re-scored with sampling filters)."""
+        payload = {**base, "prompt": prompt}
+        if self.rescore and self.max_model_len is not None:
+            # The re-scoring request needs one free position after prompt + response (vLLM refuses a prompt of
+            # max_model_len tokens), so the response is capped one token below vLLM's own silent cap.
+            payload["max_tokens"] = min(base["max_tokens"], self.max_model_len - 1 - len(prompt))
+            if payload["max_tokens"] < 1:
+                raise BehaviorServerError(
+                    f"A prompt of {len(prompt)} tokens leaves no room for a response on the behavior server at "
+                    f"{self.base_url} (max_model_len={self.max_model_len}). Restart it with a larger "
+                    "--max-model-len."
+                )
+        choice = self.client.complete(payload)[0]
+        ids = list(choice["token_ids"])
+        if not self.rescore:
+            return _row_from_choice(choice)
+        if not ids:
+            return ids, [], []
+        return (ids, *self._score(prompt, ids, top_k))
 
     def _score(self, prompt: list[int], ids: list[int], top_k: int) -> tuple[list[float], list[dict]]:
         """log_softmax(logits) of the behavior weights at each response token, and the top-k there, from the prompt
@@ -481,11 +442,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 )
             rows_ids.append(ids)
             rows_logps.append([float("nan") if lp is None else lp for lp in token_logps])
-            tops = []
-            for entry in entries:
-                values = sorted((v for v in entry.values() if v is not None), reverse=True)[:top_k]
-                tops.append(values + [float("-inf")] * (top_k - len(values)))
-            rows_top.append(tops)
+            rows_top.append([_top_k_values(entry, top_k) for entry in entries])
         length = max(1, max(len(ids) for ids in rows_ids))
         batch = len(rows_ids)
         completion_ids = torch.full((batch, length), trainer._tokenizer.pad_token_id, dtype=torch.long)
@@ -524,3 +481,9 @@ def _row_from_choice(choice: dict) -> tuple[list[int], list, list[dict]]:
     for token, lp, top in zip(logprobs["tokens"], token_logps, logprobs["top_logprobs"], strict=True):
         entries.append({**{_token_id(key): value for key, value in (top or {}).items()}, _token_id(token): lp})
     return list(choice["token_ids"]), token_logps, entries
+
+
+def _top_k_values(entry: dict, top_k: int) -> list[float]:
+    """The ``top_k`` largest log-probs of one position's ``{token: log-prob}``, padded with -inf."""
+    values = sorted((v for v in entry.values() if v is not None), reverse=True)[:top_k]
+    return values + [float("-inf")] * (top_k - len(values))

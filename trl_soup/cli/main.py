@@ -72,7 +72,7 @@ COMMANDS = (
         "plot entropy and clip ratio by relative token position (paper Fig. 5) from trainer_state.json files",
         needs=(("matplotlib", "plot"),),
     ),
-    Command("serve-behavior", "trl_soup.serve_behavior", "start a vLLM server for the behavior policy"),
+    Command("serve-behavior", "trl_soup.cli.serve_behavior", "start a vLLM server for the behavior policy"),
     Command(
         "models",
         "trl_soup.cli.models",

@@ -4,6 +4,7 @@ keeps the metrics, the generators and relay inference, in `trl_soup.evaluation`)
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -47,6 +48,37 @@ def _answer_text(answer) -> str:
     return str(answer).strip()
 
 
+def _load_local(dataset_path: str):
+    """The rows of a local ``.json`` / ``.jsonl`` / ``.parquet`` file or of a ``save_to_disk`` folder (its first split
+    when it holds several)."""
+    import datasets
+
+    if os.path.isdir(dataset_path):
+        data = datasets.load_from_disk(dataset_path)
+        return data[next(iter(data))] if isinstance(data, datasets.DatasetDict) else data
+    suffix = dataset_path.rsplit(".", 1)[-1].lower()
+    builder = {"json": "json", "jsonl": "json", "parquet": "parquet"}.get(suffix)
+    if builder is None:
+        raise ValueError(
+            f"dataset_path must be a .json, .jsonl or .parquet file or a save_to_disk folder, got {dataset_path!r}"
+        )
+    return datasets.load_dataset(builder, data_files=dataset_path, split="train")
+
+
+def _load_benchmark(benchmark: str | None):
+    """The rows of a registered benchmark: built locally (arithmetic) or loaded from the Hub."""
+    import datasets
+
+    from trl_soup import arithmetic
+
+    if benchmark not in BENCHMARKS:
+        raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {benchmark!r}")
+    spec = BENCHMARKS[benchmark]
+    if spec.dataset == arithmetic.DATASET_NAME:
+        return arithmetic.arithmetic_dataset(spec.split)
+    return datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
+
+
 def load_problems(
     benchmark: str | None = None,
     *,
@@ -63,34 +95,11 @@ def load_problems(
         max_problems: keep the first ``max_problems`` rows.
         problem_column, answer_column: the columns of a local data set.
     """
-    import os
-
-    import datasets
-
-    from trl_soup import arithmetic
-
     if dataset_path is not None:
-        if os.path.isdir(dataset_path):
-            data = datasets.load_from_disk(dataset_path)
-            if isinstance(data, datasets.DatasetDict):
-                data = data[next(iter(data))]
-        else:
-            suffix = dataset_path.rsplit(".", 1)[-1].lower()
-            builder = {"json": "json", "jsonl": "json", "parquet": "parquet"}.get(suffix)
-            if builder is None:
-                raise ValueError(
-                    f"dataset_path must be a .json, .jsonl or .parquet file or a save_to_disk folder, "
-                    f"got {dataset_path!r}"
-                )
-            data = datasets.load_dataset(builder, data_files=dataset_path, split="train")
+        data = _load_local(dataset_path)
     else:
-        if benchmark not in BENCHMARKS:
-            raise ValueError(f"benchmark must be one of {sorted(BENCHMARKS)}, got {benchmark!r}")
+        data = _load_benchmark(benchmark)
         spec = BENCHMARKS[benchmark]
-        if spec.dataset == arithmetic.DATASET_NAME:
-            data = arithmetic.arithmetic_dataset(spec.split)
-        else:
-            data = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
         problem_column, answer_column = spec.problem_column, spec.answer_column
     missing = [c for c in (problem_column, answer_column) if c not in data.column_names]
     if missing:

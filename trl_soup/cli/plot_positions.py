@@ -64,31 +64,36 @@ def parse_steps(steps: str | None) -> tuple[int, int | None]:
     return int(first or 0), (int(last) if last else None)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command line of `trl-soup plot-positions`."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("states", nargs="+", help="trainer_state.json files")
     parser.add_argument("--labels", nargs="*", default=None)
     parser.add_argument("--steps", default=None, help="A:B, the step range to average")
     parser.add_argument("--output", default="position_statistics.png")
-    args = parser.parse_args(argv)
-    labels = args.labels or args.states
-    if len(labels) != len(args.states):
-        parser.error(f"--labels: {len(labels)} labels for {len(args.states)} files")
-    try:
-        first, last = parse_steps(args.steps)
-        runs = []
-        for path, label in zip(args.states, labels, strict=True):
-            curves = position_curves(load_log_history(path), first, last)
-            if all(math.isnan(value) for curve in curves.values() for value in curve):
-                window = "" if args.steps is None else f" in steps {args.steps}"
-                raise ValueError(
-                    f"{path}: no position statistics (soup/position/entropy/bin_i, "
-                    f"soup/position/clip_ratio/bin_i){window}; train with --log_position_statistics true"
-                )
-            runs.append((label, curves))
-    except ValueError as error:
-        parser.error(str(error))
+    return parser
 
+
+def load_runs(states: list[str], labels: list[str], steps: str | None) -> list[tuple[str, dict]]:
+    """``(label, curves)`` of each trainer_state.json over --steps; a ValueError names a file (or a step range) without
+    position statistics."""
+    first, last = parse_steps(steps)
+    runs = []
+    for path, label in zip(states, labels, strict=True):
+        curves = position_curves(load_log_history(path), first, last)
+        if all(math.isnan(value) for curve in curves.values() for value in curve):
+            window = "" if steps is None else f" in steps {steps}"
+            raise ValueError(
+                f"{path}: no position statistics (soup/position/entropy/bin_i, "
+                f"soup/position/clip_ratio/bin_i){window}; train with --log_position_statistics true"
+            )
+        runs.append((label, curves))
+    return runs
+
+
+def plot_runs(runs: list[tuple[str, dict]], output: str) -> None:
+    """Entropy and clip ratio against relative token position, one panel each and one line per run, saved to
+    ``output`` (matplotlib, Agg backend)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,7 +109,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         axis.set_title(title)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(args.output, dpi=120)
+    figure.savefig(output, dpi=120)
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """`trl-soup plot-positions`: one figure of the position curves of every given run (module docstring)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    labels = args.labels or args.states
+    if len(labels) != len(args.states):
+        parser.error(f"--labels: {len(labels)} labels for {len(args.states)} files")
+    try:
+        runs = load_runs(args.states, labels, args.steps)
+    except ValueError as error:
+        parser.error(str(error))
+    plot_runs(runs, args.output)
     print(f"wrote {args.output}")
     return 0
 

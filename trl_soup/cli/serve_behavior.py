@@ -25,7 +25,7 @@ import os
 import shlex
 import sys
 
-from .server_auth import MIDDLEWARE, TOKEN_ENV, TOKEN_FILE_ENV, check_server_address, server_token
+from ..server_auth import MIDDLEWARE, TOKEN_ENV, TOKEN_FILE_ENV, check_server_address, server_token
 
 
 def build_parser(prog: str = "python -m trl_soup.serve_behavior") -> argparse.ArgumentParser:

