@@ -43,7 +43,15 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the study modules beside this script
 import explore_task  # noqa: E402
-from study_stats import bootstrap_ci, distinct_correct_count  # noqa: E402
+from study_stats import (  # noqa: E402
+    bootstrap_ci,
+    cell,
+    compare,
+    difference,
+    distinct_correct_count,
+    mean_curve,
+    pass_table,
+)
 
 from trl_soup import toy  # noqa: E402
 from trl_soup.cli.plot_positions import BINS, position_curves  # noqa: E402
@@ -249,14 +257,6 @@ def train_and_evaluate(setting, seed, config, start):
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def pass_table(correct_by_seed, n, k):
-    return [[pass_at_k(n, c, k) for c in row] for row in correct_by_seed]
-
-
-def difference(a, b):
-    return [[x - y for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)]
-
-
 def summarize(start_runs, runs, config):
     n, resamples = config["eval_samples"], config["num_resamples"]
     ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n]
@@ -297,11 +297,6 @@ def summarize(start_runs, runs, config):
         ci(difference(rows["dapo"]["distinct"], rows["start"]["distinct"])) if "dapo" in rows else None
     )
     return summary
-
-
-def mean_curve(curves):
-    curves = [[float("nan") if v is None else v for v in c] for c in curves]
-    return [sum(values) / len(values) for values in zip(*curves, strict=True)]
 
 
 def difference_panel(axis, curves, title):
@@ -415,10 +410,6 @@ def report(run):
 # ---------------------------------------------------------------------------------------------------------------------
 # Reading a results.json: markdown tables (docs/results.md is written from them) and a run-to-run comparison
 # ---------------------------------------------------------------------------------------------------------------------
-
-
-def cell(x, digits=3):
-    return f"{x['mean']:.{digits}f} [{x['low']:.{digits}f}, {x['high']:.{digits}f}]"
 
 
 def markdown_tables(results) -> str:
@@ -571,31 +562,6 @@ def paired_against(results, baseline) -> str:
         cells.append(cell(ci(difference([r["distinct"] for r in runs], [r["distinct"] for r in base])), 2))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def numbers(value, path=""):
-    """Every number of a results.json, by path (timings left out: they are the one thing that is not reproduced)."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key not in ("seconds", "output_dir"):
-                yield from numbers(item, f"{path}/{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from numbers(item, f"{path}/{i}")
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        yield path, float(value)
-
-
-def compare(path_a, path_b) -> dict:
-    """How two results.json files differ: the number of values, how many differ, the largest difference."""
-    with open(path_a) as f:
-        a = dict(numbers(json.load(f)))
-    with open(path_b) as f:
-        b = dict(numbers(json.load(f)))
-    shared = sorted(set(a) & set(b))
-    differ = [p for p in shared if a[p] != b[p] and not (a[p] != a[p] and b[p] != b[p])]  # NaN == NaN here
-    largest = max((abs(a[p] - b[p]) for p in differ), default=0.0)
-    return {"values": len(shared), "only_in_one": len(set(a) ^ set(b)), "differ": len(differ), "max_abs_diff": largest}
 
 
 def main(argv=None):

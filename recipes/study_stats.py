@@ -4,9 +4,12 @@ out of the library (`trl_soup.evaluation` holds what `trl-soup evaluate` needs: 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
+
+from trl_soup.evaluation import pass_at_k
 
 
 def distinct_correct_count(answers: Sequence, correctness: Sequence[bool]) -> int:
@@ -62,3 +65,50 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2
     low, high = torch.quantile(means, torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64)).tolist()
     return {"mean": table.mean().item(), "low": low, "high": high}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables of (seed x problem) cells, and reading results.json files back
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def pass_table(correct_by_seed, n, k):
+    return [[pass_at_k(n, c, k) for c in row] for row in correct_by_seed]
+
+
+def difference(a, b):
+    return [[x - y for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a, b, strict=True)]
+
+
+def mean_curve(curves):
+    curves = [[float("nan") if v is None else v for v in c] for c in curves]
+    return [sum(values) / len(values) for values in zip(*curves, strict=True)]
+
+
+def cell(x, digits=3):
+    return f"{x['mean']:.{digits}f} [{x['low']:.{digits}f}, {x['high']:.{digits}f}]"
+
+
+def numbers(value, path=""):
+    """Every number of a results.json, by path (timings left out: they are the one thing that is not reproduced)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key not in ("seconds", "output_dir"):
+                yield from numbers(item, f"{path}/{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from numbers(item, f"{path}/{i}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, float(value)
+
+
+def compare(path_a, path_b) -> dict:
+    """How two results.json files differ: the number of values, how many differ, the largest difference."""
+    with open(path_a) as f:
+        a = dict(numbers(json.load(f)))
+    with open(path_b) as f:
+        b = dict(numbers(json.load(f)))
+    shared = sorted(set(a) & set(b))
+    differ = [p for p in shared if a[p] != b[p] and not (a[p] != a[p] and b[p] != b[p])]  # NaN == NaN here
+    largest = max((abs(a[p] - b[p]) for p in differ), default=0.0)
+    return {"values": len(shared), "only_in_one": len(set(a) ^ set(b)), "differ": len(differ), "max_abs_diff": largest}
