@@ -40,8 +40,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -151,19 +151,56 @@ def pinned(command: list[str], core: int | None, threads: int = 1) -> tuple[list
     return (["taskset", "-c", str(core), *command] if shutil.which("taskset") else command), env
 
 
+RUNNING: set[subprocess.Popen] = set()  # the lanes' child processes, stopped together on SIGTERM / Ctrl-C
+STOPPING = threading.Event()
+
+
 def run_logged(command: list[str], core: int | None, log_path: str) -> dict:
-    """Run `command` (appending its output to `log_path`); its wall and CPU seconds (children's rusage)."""
+    """Run `command` (appending its output to `log_path`); its wall seconds and its own CPU seconds (`os.wait4`: the
+    rusage of this child and the descendants it waited for, not of the other lane's processes). A vLLM engine process
+    that its parent does not wait for is not counted (evaluation CPU is therefore a lower bound)."""
     command, env = pinned(command, core)
-    before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    began = time.perf_counter()
     with open(log_path, "a") as log:
         log.write("[study] " + " ".join(command) + "\n")
         log.flush()
-        result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        raise RuntimeError(f"{command[:6]}... failed with exit code {result.returncode}; see {log_path}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall": time.perf_counter() - began, "cpu": cpu}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        RUNNING.add(process)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            RUNNING.discard(process)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = {"wall": time.perf_counter() - began, "cpu": usage.ru_utime + usage.ru_stime}
+    if process.returncode != 0:
+        raise StageFailed(f"{command[:6]}... failed with exit code {process.returncode}; see {log_path}", seconds)
+    return seconds
+
+
+class StageFailed(RuntimeError):
+    """A stage's process failed or was stopped; `seconds` is what it used (recorded in cost.json all the same)."""
+
+    def __init__(self, message: str, seconds: dict):
+        super().__init__(message)
+        self.seconds = seconds
+
+
+def run_stage(directory: str, stage: str, command: list[str], core: int | None) -> None:
+    """One stage of a job (train or eval), its cost added to `cost.json` even when it fails or is stopped."""
+    try:
+        seconds = run_logged(command, core, os.path.join(directory, f"{stage}.log"))
+    except StageFailed as failure:
+        add_cost(directory, stage, failure.seconds)
+        raise
+    add_cost(directory, stage, seconds)
+
+
+def stop_children(signum, frame) -> None:
+    """SIGTERM / Ctrl-C: stop every running stage; the lanes record their costs and start nothing new, then the study
+    exits (`run_lanes`); `--resume` continues it."""
+    STOPPING.set()
+    for process in list(RUNNING):
+        process.terminate()
 
 
 def add_cost(directory: str, stage: str, seconds: dict) -> None:
@@ -185,16 +222,15 @@ def run_job(config: dict, setting: str | None, seed: int | None, core: int | Non
         os.makedirs(directory, exist_ok=True)
         if not os.path.isfile(os.path.join(directory, "eval.json")):
             command = [sys.executable, SCRIPT, "--evaluate", directory, "--study", config["output_dir"]]
-            add_cost(directory, "eval", run_logged(command, core, os.path.join(directory, "eval.log")))
+            run_stage(directory, "eval", command, core)
         return
     directory = run_dir(config, setting, seed)
     os.makedirs(directory, exist_ok=True)
     if not trained(directory, config["max_steps"]):
-        seconds = run_logged(train_command(config, setting, seed), core, os.path.join(directory, "train.log"))
-        add_cost(directory, "train", seconds)
+        run_stage(directory, "train", train_command(config, setting, seed), core)
     if not os.path.isfile(os.path.join(directory, "eval.json")):
         command = [sys.executable, SCRIPT, "--evaluate", directory, "--study", config["output_dir"]]
-        add_cost(directory, "eval", run_logged(command, core, os.path.join(directory, "eval.log")))
+        run_stage(directory, "eval", command, core)
     print(f"[study] {setting} seed {seed}: done", flush=True)
 
 
@@ -210,15 +246,20 @@ def run_lanes(config: dict) -> None:
     def lane(index: int) -> None:
         try:
             for setting, seed in lanes[index]:
+                if STOPPING.is_set():
+                    return
                 run_job(config, setting, seed, cores[index])
         except BaseException as error:  # noqa: BLE001 (re-raised by the main thread)
             errors.append(error)
 
-    threads = [threading.Thread(target=lane, args=(i,)) for i in range(config["workers"])]
+    threads = [threading.Thread(target=lane, args=(i,), daemon=True) for i in range(config["workers"])]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        while thread.is_alive():  # join with a timeout: the main thread stays responsive to signals
+            thread.join(timeout=1.0)
+    if STOPPING.is_set():
+        raise SystemExit("[study] stopped; continue with --resume (the stopped stages' costs are in cost.json)")
     if errors:
         raise errors[0]
 
@@ -360,7 +401,7 @@ def training_record(directory: str, batch: int) -> dict:
         "decoded_tokens": [decoded_tokens(h, batch) for h in logs],
         "position": position_curves(logs),
         "train_seconds": sum(h.get("step_time", 0.0) for h in logs),
-        "train_cpu_seconds": cost["train"]["cpu"],
+        "train_cpu_seconds": None if cost["train"].get("unmeasured") else cost["train"]["cpu"],
         "train_invocations": cost["train"]["invocations"],
     }
 
@@ -379,6 +420,12 @@ def collect(config: dict) -> tuple[dict, list[dict]]:
                 evaluation = json.load(f)
             runs.append({"setting": setting, "seed": seed, **training_record(directory, batch), **evaluation})
     return start, runs
+
+
+def mean_known(values: list) -> float | None:
+    """The mean of the values that are not None (None if none is known)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
 def summarize(config: dict, start: dict, runs: list[dict]) -> dict:
@@ -407,7 +454,7 @@ def summarize(config: dict, start: dict, runs: list[dict]) -> dict:
         }
         summary["cost"][name] = {
             "train_seconds": sum(r["train_seconds"] for r in mine) / len(mine),
-            "train_cpu_seconds": sum(r["train_cpu_seconds"] for r in mine) / len(mine),
+            "train_cpu_seconds": mean_known([r["train_cpu_seconds"] for r in mine]),
             "decoded_tokens": sum(sum(r["decoded_tokens"]) for r in mine) / len(mine),
         }
     return summary
@@ -448,8 +495,9 @@ def markdown_tables(results: dict) -> str:
             summary["vs_start"][name][str(ks[-1])],
         )
         per = lambda x, unit: {key: x[key] / unit for key in ("mean", "low", "high")}  # noqa: E731
+        cpu = "-" if cost["train_cpu_seconds"] is None else f"{cost['train_cpu_seconds']:.0f}"
         lines.append(
-            f"| {name} | {config['max_steps']} | {cost['train_seconds']:.0f} | {cost['train_cpu_seconds']:.0f} | "
+            f"| {name} | {config['max_steps']} | {cost['train_seconds']:.0f} | {cpu} | "
             f"{cost['decoded_tokens']:.0f} | {cell(per(gain1, cost['train_seconds'] / 1000))} | "
             f"{cell(per(gain1, cost['decoded_tokens'] / 1e5))} | {cell(per(gaink, cost['train_seconds'] / 1000))} |"
         )
@@ -625,6 +673,8 @@ def main(argv=None) -> dict | None:
         print(json.dumps(result))
         return result
     open_study(config, args.resume)
+    signal.signal(signal.SIGTERM, stop_children)
+    signal.signal(signal.SIGINT, stop_children)
     began = time.perf_counter()
     run_lanes(config)
     start, runs = collect(config)

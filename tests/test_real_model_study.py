@@ -85,6 +85,34 @@ def test_open_study_refuses_to_overwrite_or_to_change_what_its_numbers_depend_on
     assert recorded["seeds"] == [0, 1, 2, 3]
 
 
+def test_each_stage_is_charged_its_own_cpu_time_even_when_it_fails(tmp_path):
+    """Two lanes at once: a sleeping stage is not charged the CPU of a busy one that ends meanwhile (RUSAGE_CHILDREN
+    of the study process would charge it), and a failed stage's cost is recorded before the error propagates."""
+    import sys
+    import threading
+
+    busy = [sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"]
+    sleeper = [sys.executable, "-c", "import time; time.sleep(2.5)"]
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "sleep").mkdir()
+    lane = threading.Thread(target=study.run_stage, args=(str(tmp_path / "busy"), "train", busy, None))
+    lane.start()
+    study.run_stage(str(tmp_path / "sleep"), "train", sleeper, None)
+    lane.join()
+    charged = {name: json.loads((tmp_path / name / "cost.json").read_text())["train"] for name in ("busy", "sleep")}
+    assert charged["busy"]["cpu"] >= 0.5 and charged["sleep"]["cpu"] < 0.4
+    assert charged["sleep"]["wall"] >= 2.5 and charged["sleep"]["invocations"] == 1
+    failing = [
+        sys.executable,
+        "-c",
+        "import sys, time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\nsys.exit(3)",
+    ]
+    with pytest.raises(study.StageFailed, match="exit code 3"):
+        study.run_stage(str(tmp_path / "busy"), "train", failing, None)
+    after = json.loads((tmp_path / "busy" / "cost.json").read_text())["train"]
+    assert after["invocations"] == 2 and after["cpu"] >= charged["busy"]["cpu"] + 0.3
+
+
 def test_unknown_setting_is_refused_with_the_allowed_values(tmp_path):
     with pytest.raises(SystemExit, match=r"unknown \['soup_bogus'\]. Allowed values: \['dapo'"):
         study.study_config(study.parse(["--settings", "dapo", "soup_bogus", "--output_dir", str(tmp_path)]))
