@@ -69,7 +69,7 @@ def test_a_generate_that_runs_no_forward_falls_back_to_scoring(tmp_path, tokeniz
     assert all(ids == digits for ids in record.behavior_completion_ids)
     # The fallback's log-probs equal an independent forward of the snapshot.
     prompt = torch.tensor([tokenizer("3+4=", add_special_tokens=False)["input_ids"]])
-    samples = trainer.behavior.sample(prompt.tolist(), len(digits))
+    samples = trainer.behavior.sample(prompt.tolist(), len(digits), trainer.generation_batch_index)
     snapshot = trainer.behavior.snapshot
     expected, _ = reference_logps(
         snapshot, prompt, torch.ones_like(prompt), samples.completion_ids, samples.mask, trainer.args.temperature

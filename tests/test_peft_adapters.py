@@ -142,7 +142,7 @@ def test_full_model_behavior_copy_has_no_dropout(tmp_path, tokenizer, make_model
         args.temperature,
     )
     torch.testing.assert_close(first, expected, atol=1e-6, rtol=0)
-    samples = trainer.behavior.sample(prompt_ids.tolist(), 6)
+    samples = trainer.behavior.sample(prompt_ids.tolist(), 6, trainer.generation_batch_index)
     rescored, _ = reference_logps(
         snapshot, prompt_ids, torch.ones_like(prompt_ids), samples.completion_ids, samples.mask, args.temperature
     )

@@ -136,19 +136,19 @@ def test_check_reachable_passes_a_listening_port_and_waits_for_one_that_opens():
 
 def test_samples_from_server_choices(tmp_path, tokenizer, make_model):
     """Parsing of /v1/completions choices (token ids, sampled and top-k log-probs) into BehaviorSamples."""
+    from types import SimpleNamespace
+
+    from trl_soup.behavior.context import BehaviorContext, SamplingSettings
     from trl_soup.behavior.vllm_server import VLLMServerBehaviorBackend
 
     backend = VLLMServerBehaviorBackend.__new__(VLLMServerBehaviorBackend)  # parsing needs no server
     eos = tokenizer.eos_token_id
-
-    class _Trainer:
-        eos_token_ids = [eos]
-        _tokenizer = tokenizer
-
-        class accelerator:  # noqa: N801 - a stand-in namespace
-            device = torch.device("cpu")
-
-    backend.trainer, backend.base_url, backend.vocab_size = _Trainer, "http://x", 4
+    sampling = SamplingSettings(
+        temperature=1.0, max_completion_length=8, eos_token_ids=(eos,), pad_token_id=tokenizer.pad_token_id
+    )
+    accelerator = SimpleNamespace(device=torch.device("cpu"))
+    context = BehaviorContext(None, tokenizer, accelerator, model=None, sampling=sampling, score=None)
+    backend.context, backend.base_url, backend.vocab_size = context, "http://x", 4
     half = float(torch.log(torch.tensor(0.5)))
     choices = [
         {

@@ -16,6 +16,8 @@ from trl_soup.state import SNAPSHOT_DIR, SOUP_STATE_FILE, rng_state_path
 class RecordingBackend:
     """What the session calls on a behavior backend, recorded."""
 
+    needs_rows = True  # it records the dataset rows it gets
+
     def __init__(self):
         self.refreshes, self.sampled, self.snapshots, self.loaded = 0, [], [], []
 

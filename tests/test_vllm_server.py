@@ -58,7 +58,8 @@ class ServerRecordingTrainer(RecordingTrainer):
     """Records, besides the batch, the server's probe log-probs, the learner and a re-sample of row 0 with its seed."""
 
     def record_before(self, inputs):
-        return {"row0_seed": self.behavior._row_seeds(len(inputs))[0]}  # the seed row 0 gets in this generation batch
+        # The seed row 0 gets in this generation batch.
+        return {"row0_seed": self.behavior._row_seeds(len(inputs), self.generation_batch_index)[0]}
 
     def record_after(self, record):
         learner = self.accelerator.unwrap_model(self.model)

@@ -9,7 +9,7 @@ from accelerate.utils import is_peft_model
 
 from .behavior.server_client import check_reachable
 from .sources import source_names
-from .validation import check_lora_needs_peft
+from .validation import check_local_peft_zero3, check_lora_needs_peft
 
 
 def check_trainer_arguments(args, arguments: dict) -> None:
@@ -32,7 +32,7 @@ def check_trainer_arguments(args, arguments: dict) -> None:
         _check_dataset_source_columns(args, arguments)
     plugin = args.deepspeed_plugin
     if relay and plugin is not None and plugin.zero_stage == 3:
-        _check_zero3(args, arguments, used)
+        _check_zero3(args, peft, used)
     if relay and "teacher" in used:
         check_reachable(args.prefix_teacher_base_url, args.behavior_server_connect_timeout, server="teacher")
     if relay and args.behavior_backend == "vllm_server":  # last (it waits): an unreachable server fails fast
@@ -61,14 +61,11 @@ def _check_prompt_columns(arguments: dict) -> None:
             )
 
 
-def _check_zero3(args, arguments: dict, used: list[str]) -> None:
-    """What relay batches under DeepSpeed ZeRO-3 do not support in this release."""
+def _check_zero3(args, peft: bool, used: list[str]) -> None:
+    """What relay batches under DeepSpeed ZeRO-3 do not support in this release (``peft``: a peft_config or a
+    PeftModel)."""
+    check_local_peft_zero3(args.behavior_backend, peft, zero3=True)  # before the model loads
     local = args.behavior_backend == "local"
-    if local and arguments.get("peft_config") is not None:
-        raise ValueError(  # raised here, before the model is loaded; behavior/local.py checks a PeftModel too
-            "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
-            "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
-        )
     if local and args.cast_lm_head_to_fp32:
         raise ValueError(
             "cast_lm_head_to_fp32=True with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in "

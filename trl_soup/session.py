@@ -16,6 +16,7 @@ from collections.abc import Callable, MutableMapping
 
 import torch
 
+from .behavior.base import sample_from
 from .behavior.prefetch import BehaviorPrefetcher, prefetch_schedule
 from .refresh import REFRESH_REASONS, RefreshSchedule
 from .state import SNAPSHOT_DIR, SOUPState, load_rng_state, save_rng_state
@@ -97,14 +98,14 @@ class RelaySession:
 
     def behavior_samples(self, prompt_ids: list[list[int]], rows=None):
         """The behavior responses of this generation batch: the prefetched ones when they were requested for this
-        batch with the same prompts and budget, else sampled now. Logs the time the step waited for them."""
+        batch with the same prompts and budget, else sampled now (``rows``, the batch's dataset examples, reach the
+        backend only if it declares ``needs_rows``). Logs the time the step waited for them."""
         start, samples, budget = time.perf_counter(), None, self.decode_budget
         if self.prefetcher is not None:
             samples = self.prefetcher.take(self.generation_batch_index, prompt_ids, budget)
             self.metrics["soup/behavior_prefetch_hit"].append(float(samples is not None))
         if samples is None:
-            index = self.generation_batch_index
-            samples = self.behavior.sample(prompt_ids, budget, generation_batch_index=index, rows=rows)
+            samples = sample_from(self.behavior, prompt_ids, budget, self.generation_batch_index, rows=rows)
         self.metrics["soup/behavior_wait_time"].append(time.perf_counter() - start)
         return samples
 

@@ -279,6 +279,17 @@ def check_lora_needs_peft(method: str | None, is_peft: bool) -> None:
         )
 
 
+def check_local_peft_zero3(behavior_backend: str, is_peft: bool, zero3: bool) -> None:
+    """A PEFT model with the local behavior backend is refused under DeepSpeed ZeRO-3 (the behavior adapter would be
+    partitioned with the learner; not tested): before the model loads (``checks.py``) and when a local backend is
+    built (``behavior/local.py``, also without a trainer)."""
+    if behavior_backend == "local" and is_peft and zero3:
+        raise ValueError(
+            "peft_config with behavior_backend='local' is not supported under DeepSpeed ZeRO-3 in this release. "
+            "Allowed: full fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
+        )
+
+
 def check_dataset_logps_strategy(args) -> None:
     """The 'entropy' strategy cannot cut dataset prefixes scored by a log-prob column (it has no entropies)."""
     if "dataset" in source_names(args) and args.prefix_logps_column is not None and args.prefix_strategy == "entropy":

@@ -7,14 +7,17 @@
   adapter): the base weights are shared, only the adapter is copied.
 
 DeepSpeed ZeRO-3: the full copy is prepared like TRL's reference model (``prepare_deepspeed``), so its parameters are
-partitioned across ranks too (PEFT under ZeRO-3 is refused in this release). Every weight copy
-(refresh, snapshot save and load) gathers one tensor at a time: each rank must take part, in the same order, and the
-memory peak is one full tensor. Generation gathers the whole copy like TRL's ``unwrap_model_for_generation`` (or runs
-with partitioned weights when ``ds3_gather_for_generation=False``); the scoring forward runs on partitioned weights.
+partitioned across ranks too (PEFT under ZeRO-3 is refused in this release: ``validation.check_local_peft_zero3``).
+Every weight copy (refresh, snapshot save and load) gathers one tensor at a time: each rank must take part, in the same
+order, and the memory peak is one full tensor. Generation gathers the whole copy like TRL's
+``unwrap_model_for_generation`` (or runs with partitioned weights when ``ds3_gather_for_generation=False``); the
+scoring forward runs on partitioned weights.
 
-Sampling uses the trainer's own generation config (temperature, top-p, top-k, ...). The behavior log-probs and
-entropies are read from generate's own forward passes (``SamplingLogprobRecorder``), temperature-scaled exactly like
-TRL's ``per_token_logps``; under ZeRO-3 the sampled response is scored by a forward of the frozen copy instead.
+The backend is built from a :class:`~trl_soup.behavior.context.BehaviorContext`, never the trainer. Sampling uses the
+learner's own generation config (temperature, top-p, top-k, ...: ``SamplingSettings.generation``). The behavior
+log-probs and entropies are read from generate's own forward passes (``SamplingLogprobRecorder``), temperature-scaled
+exactly like TRL's ``per_token_logps``; under ZeRO-3 the sampled response is scored by a forward of the frozen copy
+instead.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers import GenerationConfig
 
 from .._compat import (
     DynamicLayer,
@@ -37,11 +39,12 @@ from .._compat import (
     output_cache,
     pad,
     prepare_deepspeed,
-    unwrap_model_for_generation,
     use_adapter,
 )
-from .base import BehaviorBackend, BehaviorSamples
-from .prefetch import behavior_sampling_seed, seeded_rng
+from ..validation import check_local_peft_zero3
+from .base import BehaviorBackend, BehaviorSamples, Scorer, padded_rows
+from .context import BehaviorContext
+from .prefetch import seeded_rng
 
 BEHAVIOR_ADAPTER = "behavior"
 SNAPSHOT_FILE = "behavior_snapshot.pt"
@@ -51,12 +54,6 @@ def _clone_state_dict_keeping_ties(state: dict[str, torch.Tensor]) -> dict[str, 
     """Clone tensors, keeping tensors that share storage (tied embeddings) shared in the copy."""
     clones: dict[int, torch.Tensor] = {}
     return {k: clones.setdefault(v.data_ptr(), v.detach().clone()) for k, v in state.items()}
-
-
-def is_zero3(accelerator) -> bool:
-    """Whether DeepSpeed ZeRO-3 partitions the parameters."""
-    plugin = accelerator.state.deepspeed_plugin
-    return plugin is not None and plugin.zero_stage == 3
 
 
 def gathered(tensors, enabled: bool, modifier_rank: int | None = None):
@@ -287,57 +284,35 @@ def cut_at_first_eos(completion_ids: torch.Tensor, eos_token_ids, pad_token_id: 
     return completion_ids.masked_fill(mask == 0, pad_token_id), mask, has_eos
 
 
-def use_transformers_generation_settings(trainer) -> None:
-    """TRL builds transformers generation settings only without vLLM; with ``use_vllm`` the in-process behavior copy
-    samples with transformers under the sampling settings TRL gives vLLM (``args.generation_kwargs`` are vLLM's, not
-    used). Sets the trainer's ``generation_kwargs`` and ``generation_config``, which only this backend reads then."""
-    trainer.generation_kwargs = {
-        "max_new_tokens": trainer.max_completion_length,
-        "do_sample": True,
-        "pad_token_id": trainer._tokenizer.pad_token_id,
-        "bos_token_id": trainer._tokenizer.bos_token_id,
-        "eos_token_id": trainer.eos_token_ids,
-        "temperature": trainer.temperature,
-        "top_p": trainer.top_p,
-        "top_k": trainer.top_k,
-        "min_p": trainer.min_p,
-        "repetition_penalty": trainer.repetition_penalty,
-    }
-    trainer.generation_config = GenerationConfig(**trainer.generation_kwargs, disable_compile=True)
-
-
-class LocalBehaviorBackend(BehaviorBackend):
-    """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter).
+class LocalBehaviorBackend(BehaviorBackend, Scorer):
+    """Frozen copy of the learner in the training process (full model, or a ``"behavior"`` PEFT adapter), built from a
+    :class:`~trl_soup.behavior.context.BehaviorContext`.
 
     ``member``: the slot of this copy in a behavior pool (:class:`trl_soup.behavior.pool.BehaviorPool`); each member is
     a full copy of its own, or a PEFT adapter of its own (:func:`behavior_adapter_name`). ``adapter_name`` overrides
-    that name (the frozen scorer of the dataset prefix source is such a copy, never refreshed).
+    that name (the frozen scorer of the dataset prefix source is such a copy, never refreshed). ``model``: a frozen
+    model used as it is instead of a copy of the learner (a scorer loaded from elsewhere, :class:`NamedScorer`).
     """
 
-    def __init__(self, trainer, member: int = 0, adapter_name: str | None = None):
-        self.trainer = trainer
+    def __init__(self, context: BehaviorContext, member: int = 0, adapter_name: str | None = None, model=None):
+        self.context = context
         self.adapter_name = adapter_name or behavior_adapter_name(member)
-        learner = trainer.accelerator.unwrap_model(trainer.model)
-        self.is_peft = is_peft_model(learner)
-        self.zero3 = is_zero3(trainer.accelerator)
+        learner = context.learner()
+        self.is_peft = model is None and is_peft_model(learner)
+        self.zero3 = model is None and context.zero3
         self._engine = None  # the DeepSpeed engine around the snapshot under ZeRO-3 (it owns the gathering hooks)
-        if trainer.use_vllm:  # the learner generates with vLLM; this copy samples with transformers
-            use_transformers_generation_settings(trainer)
         # Behavior log-probs come from generate's own forward passes, except where those cannot equal the loss
         # forward's: under ZeRO-3 (synced_gpus runs forwards that append no token) and in reduced precision (the loss
         # forward runs under the accelerator's autocast with TRL's fused LM head; generate's incremental bf16 forwards
         # differ from it by about 1e-3 in log-prob). There a scoring forward through TRL's own
         # _get_per_token_logps_and_entropies computes them exactly as the loss does (docs/deviations.md).
-        args = trainer.args
+        args = context.args
         reduced_precision = args.bf16 or args.fp16 or learner.dtype in (torch.bfloat16, torch.float16)
         self.score_after_sampling = self.zero3 or reduced_precision
-        if self.is_peft and self.zero3:
-            raise ValueError(
-                "behavior_backend='local' does not support a PEFT model under DeepSpeed ZeRO-3 in this release (the "
-                "behavior adapter would be partitioned with the learner; that path is not tested). Allowed: full "
-                "fine-tuning under ZeRO-3, PEFT under DDP or ZeRO-1/2, or behavior_backend='vllm_server'."
-            )
-        if self.is_peft:
+        check_local_peft_zero3("local", self.is_peft, self.zero3)
+        if model is not None:
+            self._adopt(model)
+        elif self.is_peft:
             self._add_twin_adapter(learner)
         elif self.zero3:
             self._build_partitioned_snapshot(learner)
@@ -367,7 +342,7 @@ class LocalBehaviorBackend(BehaviorBackend):
         with no_init_weights():
             snapshot = type(learner)._from_config(copy.deepcopy(learner.config), dtype=learner.dtype)
         self._prepare_snapshot(snapshot)
-        self._engine = prepare_deepspeed(snapshot, self.trainer.accelerator)
+        self._engine = prepare_deepspeed(snapshot, self.context.accelerator)
         self.snapshot = snapshot
         self.refresh()
 
@@ -376,24 +351,30 @@ class LocalBehaviorBackend(BehaviorBackend):
         with no_init_weights():
             snapshot = type(learner)(copy.deepcopy(learner.config))
         snapshot.load_state_dict(_clone_state_dict_keeping_ties(learner.state_dict()), assign=True, strict=True)
-        # The training device, not the learner's: under DeepSpeed ZeRO-1/2 the learner is still on the CPU here
-        # (the engine moves it at train time). Non-persistent buffers (e.g. rotary) follow.
-        snapshot.to(self.trainer.accelerator.device)
-        self._prepare_snapshot(snapshot)
-        self.snapshot = snapshot
-        self._follow_buffers(learner)
+        self._adopt(snapshot)
+        self._follow_buffers(learner)  # non-persistent buffers (e.g. rotary) follow the learner's
+
+    def _adopt(self, model) -> None:
+        """``model`` becomes the frozen copy, on the training device (not the learner's: under DeepSpeed ZeRO-1/2 the
+        learner is still on the CPU here, the engine moves it at train time)."""
+        model.to(self.context.device)
+        self._prepare_snapshot(model)
+        self.snapshot = model
 
     def _prepare_snapshot(self, snapshot) -> None:
         snapshot.requires_grad_(False)
         snapshot.eval()
-        snapshot.generation_config = copy.deepcopy(self.trainer.generation_config)
-        cast = self.trainer.args.cast_lm_head_to_fp32
+        snapshot.generation_config = copy.deepcopy(self.context.sampling.generation()[1])
+        cast = self.context.args.cast_lm_head_to_fp32
         if cast:
             cast_output_head_to_fp32(snapshot)
         # The same scoring head TRL adds to the learner (temperature-scaled log-probs and entropies), added to the
         # fresh copy rather than inherited from it.
         add_fused_lm_head(
-            snapshot, temperature=self.trainer.temperature, cast_lm_head_to_fp32=cast, outputs=("log_probs", "entropy")
+            snapshot,
+            temperature=self.context.sampling.temperature,
+            cast_lm_head_to_fp32=cast,
+            outputs=("log_probs", "entropy"),
         )
 
     # ------------------------------------------------------------------------------------------------ weights
@@ -408,7 +389,7 @@ class LocalBehaviorBackend(BehaviorBackend):
         if self.is_peft:
             copy_tensors(self._pairs, self.zero3)
             return
-        learner = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        learner = self.context.learner()
         source = learner.state_dict(keep_vars=True)
         target = self._snapshot_tensors()
         if source.keys() != target.keys():
@@ -440,7 +421,7 @@ class LocalBehaviorBackend(BehaviorBackend):
 
     def save_snapshot(self, directory: str) -> None:
         """Called on every rank (gathering a ZeRO-3 snapshot is a collective); only the main process writes."""
-        write = self.trainer.args.should_save
+        write = self.context.args.should_save
         state = {}
         for name, tensor in self._snapshot_tensors().items():
             with gathered([tensor], self.zero3):
@@ -486,12 +467,15 @@ class LocalBehaviorBackend(BehaviorBackend):
     @contextmanager
     def _model(self, for_generation: bool, generation_kwargs: dict | None = None):
         """The behavior policy as a callable model: the snapshot, or the learner with the behavior adapter active."""
-        trainer = self.trainer
+        context = self.context
         if not self.is_peft:
             if for_generation and self._engine is not None:
                 # ZeRO-3: gather the whole copy for generation (as TRL does for the learner), so each rank decodes on
                 # its own; with ds3_gather_for_generation=False every decoding step gathers layer by layer instead.
-                with self._unwrapped(self._engine, generation_kwargs) as unwrapped, eval_mode(unwrapped):
+                with (
+                    context.unwrapped_for_generation(self._engine, generation_kwargs) as unwrapped,
+                    eval_mode(unwrapped),
+                ):
                     yield unwrapped
             else:
                 with eval_mode(self.snapshot):  # scoring under ZeRO-3: DeepSpeed's hooks gather each layer
@@ -499,76 +483,58 @@ class LocalBehaviorBackend(BehaviorBackend):
             return
         if for_generation:
             with (
-                self._unwrapped(trainer.model_wrapped, generation_kwargs) as unwrapped,
+                context.unwrapped_for_generation(context.generation_model(), generation_kwargs) as unwrapped,
                 use_adapter(unwrapped, self.adapter_name),
                 eval_mode(unwrapped),
             ):
                 yield unwrapped
         else:
-            unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-            with use_adapter(unwrapped, self.adapter_name), eval_mode(unwrapped):
-                yield trainer.model
-
-    def _unwrapped(self, model, generation_kwargs: dict | None):
-        """TRL's ``unwrap_model_for_generation`` of ``model`` under the trainer's ZeRO-3 gathering setting."""
-        trainer = self.trainer
-        gather = trainer.args.ds3_gather_for_generation
-        return unwrap_model_for_generation(
-            model, trainer.accelerator, gather_deepspeed3_params=gather, generation_kwargs=generation_kwargs
-        )
+            learner = context.learner()
+            with use_adapter(learner, self.adapter_name), eval_mode(learner):
+                yield context.model()
 
     def _pad_prompts(self, prompt_ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        trainer = self.trainer
-        device = trainer.accelerator.device
+        sampling, device = self.context.sampling, self.context.device
         tensors = [torch.tensor(ids) for ids in prompt_ids]
-        ids = pad(
-            tensors,
-            padding_value=trainer._tokenizer.pad_token_id,
-            padding_side="left",
-            pad_to_multiple_of=trainer.pad_to_multiple_of,
-        )
+        multiple = sampling.pad_to_multiple_of
+        ids = pad(tensors, padding_value=sampling.pad_token_id, padding_side="left", pad_to_multiple_of=multiple)
         mask = pad(
-            [torch.ones_like(t) for t in tensors],
-            padding_value=0,
-            padding_side="left",
-            pad_to_multiple_of=trainer.pad_to_multiple_of,
+            [torch.ones_like(t) for t in tensors], padding_value=0, padding_side="left", pad_to_multiple_of=multiple
         )
         return ids.to(device), mask.to(device)
 
     @torch.no_grad()
     def score(self, prompt_ids, completion_ids):
-        trainer = self.trainer
-        device = trainer.accelerator.device
+        """The :class:`~trl_soup.behavior.base.Scorer` interface: a forward of the frozen copy."""
         p_ids, p_mask = self._pad_prompts(prompt_ids)
-        tensors = [torch.tensor(ids, dtype=torch.long) for ids in completion_ids]
-        c_ids = pad(tensors, padding_value=trainer._tokenizer.pad_token_id, padding_side="right").to(device)
-        c_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="right").to(device)
-        return self._score_padded(p_ids, p_mask, c_ids, c_mask)
+        c_ids, c_mask = padded_rows(completion_ids, self.context.sampling.pad_token_id)
+        return self._score_padded(p_ids, p_mask, c_ids.to(self.context.device), c_mask.to(self.context.device))
 
     def _score_padded(self, p_ids, p_mask, c_ids, c_mask):
-        trainer = self.trainer
         with self._model(for_generation=False) as model:
-            logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+            logps, entropies, _ = self.context.score(
                 model,
                 torch.cat([p_ids, c_ids], dim=1),
                 torch.cat([p_mask, c_mask], dim=1),
                 c_ids.size(1),
-                batch_size=trainer.args.per_device_train_batch_size,
+                batch_size=self.context.args.per_device_train_batch_size,
                 compute_entropy=True,
             )
         return logps, entropies
 
     def _generate(self, p_ids, p_mask, max_new_tokens: int, seed: int):
-        """``generate`` with the trainer's sampling settings under ``seed``; returns its output and the recorder of
+        """``generate`` with the learner's sampling settings under ``seed``; returns its output and the recorder of
         the sampling forwards' log-probs (None where they cannot equal the loss forward's: then the response is
         scored after sampling)."""
-        trainer = self.trainer
-        generation_config = copy.copy(trainer.generation_config)
+        kwargs, config = self.context.sampling.generation()
+        generation_config = copy.copy(config)
         generation_config.max_new_tokens = max_new_tokens
-        generation_kwargs = {**trainer.generation_kwargs, "max_new_tokens": max_new_tokens}
-        recorder = None if self.score_after_sampling else SamplingLogprobRecorder(trainer.temperature)
-        device = trainer.accelerator.device
-        with self._model(for_generation=True, generation_kwargs=generation_kwargs) as model, seeded_rng(seed, device):
+        generation_kwargs = {**kwargs, "max_new_tokens": max_new_tokens}
+        recorder = None if self.score_after_sampling else SamplingLogprobRecorder(self.context.sampling.temperature)
+        with (
+            self._model(for_generation=True, generation_kwargs=generation_kwargs) as model,
+            seeded_rng(seed, self.context.device),
+        ):
             # The G samples of a prompt share its prefill: computed once per distinct prompt (not under ZeRO-3, where
             # a forward is a collective and ranks could disagree on whether to run it, nor with a cache_implementation,
             # which generate builds itself and refuses next to a given cache).
@@ -594,20 +560,19 @@ class LocalBehaviorBackend(BehaviorBackend):
         self,
         prompt_ids: list[list[int]],
         max_new_tokens: int,
-        generation_batch_index: int | None = None,
+        generation_batch_index: int,
         stream: int = 0,
         rows: list[dict] | None = None,
     ) -> BehaviorSamples:
-        trainer = self.trainer
         p_ids, p_mask = self._pad_prompts(prompt_ids)
-        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
-        # The behavior stream is seeded per (run seed, generation batch, rank): the sample does not depend on when it
-        # is drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
-        seed = behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index, stream)
+        # The behavior stream is seeded per (run seed, generation batch, rank, stream): the sample does not depend on
+        # when it is drawn (prefetching, resuming), and drawing it leaves the learner's RNG stream untouched.
+        seed = self.context.sampling_seed(generation_batch_index, stream)
         out, recorder = self._generate(p_ids, p_mask, max_new_tokens, seed)
         # Keep tokens up to and including the first EOS (the same rule as TRL's transformers path).
+        sampling = self.context.sampling
         c_ids, c_mask, has_eos = cut_at_first_eos(
-            out[:, p_ids.size(1) :], trainer.eos_token_ids, trainer._tokenizer.pad_token_id
+            out[:, p_ids.size(1) :], sampling.eos_token_ids, sampling.pad_token_id
         )
         recorded = None if recorder is None else recorder.result(out[:, p_ids.size(1) :])
         if recorded is not None:

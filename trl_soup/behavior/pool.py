@@ -22,8 +22,8 @@ from collections.abc import Callable
 import torch
 
 from ..pool import choose_pool_members, pool_age_order, pool_victim
-from .base import BehaviorBackend, BehaviorSamples
-from .prefetch import behavior_sampling_seed
+from .base import BehaviorBackend, BehaviorSamples, inner_stream
+from .context import BehaviorContext
 
 POOL_STATE_FILE = "soup_pool.json"
 
@@ -89,8 +89,8 @@ class BehaviorPool(BehaviorBackend):
         births: generation batch index of each slot's last refresh (None while the slot is empty).
     """
 
-    def __init__(self, trainer, members: list[BehaviorBackend]):
-        self.trainer = trainer
+    def __init__(self, context: BehaviorContext, members: list[BehaviorBackend]):
+        self.context = context
         self.members = members
         self.births: list[int | None] = [None] * len(members)
 
@@ -105,33 +105,32 @@ class BehaviorPool(BehaviorBackend):
     def refresh(self) -> None:
         slot = pool_victim(self.births)
         self.members[slot].refresh()
-        self.births[slot] = self.trainer.generation_batch_index
+        self.births[slot] = self.context.generation_batch_index()
 
     def sample(
         self,
         prompt_ids: list[list[int]],
         max_new_tokens: int,
-        generation_batch_index: int | None = None,
+        generation_batch_index: int,
         stream: int = 0,
         rows: list[dict] | None = None,
     ) -> BehaviorSamples:
-        """Each row from the member ``behavior_pool_sampling`` names; the member of age rank r samples its rows with
-        stream r, so that ``"newest"`` draws exactly the samples of a single snapshot. Reads ``births`` only: safe in
-        the prefetcher's thread, which never runs across a refresh."""
-        trainer = self.trainer
-        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
-        rank = trainer.accelerator.process_index
-        generator = torch.Generator().manual_seed(behavior_sampling_seed(trainer.args.seed, index, rank, self.size))
+        """Each row from the member ``behavior_pool_sampling`` names; at stream 0 the member of age rank r samples its
+        rows with stream r and the choice of members uses stream K, so that ``"newest"`` draws exactly the samples of
+        a single snapshot (another stream: :func:`~trl_soup.behavior.base.inner_stream`). Reads ``births`` only: safe
+        in the prefetcher's thread, which never runs across a refresh."""
+        context, index, width = self.context, generation_batch_index, self.size + 1
+        generator = context.sampling_generator(index, inner_stream(stream, self.size, width))
         births = list(self.births)
-        ranks = choose_pool_members(trainer.args.behavior_pool_sampling, len(prompt_ids), births, index, generator)
+        ranks = choose_pool_members(context.args.behavior_pool_sampling, len(prompt_ids), births, index, generator)
         order = pool_age_order(births)
 
         def sample_member(age_rank: int, rows: list[int]) -> BehaviorSamples:
             member = self.members[order[age_rank]]
             subset = [prompt_ids[i] for i in rows]
-            return member.sample(subset, max_new_tokens, generation_batch_index=index, stream=age_rank)
+            return member.sample(subset, max_new_tokens, index, stream=inner_stream(stream, age_rank, width))
 
-        samples = sample_in_groups(ranks, sample_member, trainer._tokenizer.pad_token_id)
+        samples = sample_in_groups(ranks, sample_member, context.sampling.pad_token_id)
         samples.member_ages = torch.tensor(ranks, dtype=torch.long, device=samples.completion_ids.device)
         return samples
 
@@ -141,7 +140,7 @@ class BehaviorPool(BehaviorBackend):
         refresh overwrites. ``soup_pool.json`` holds the births (which slot is how old)."""
         victim = None if mid_window else pool_victim(self.births)
         slots = [slot for slot in self.age_order() if slot != victim]
-        if self.trainer.args.should_save:
+        if self.context.args.should_save:
             os.makedirs(directory, exist_ok=True)
             with open(os.path.join(directory, POOL_STATE_FILE), "w") as f:
                 json.dump({"size": self.size, "births": self.births, "saved": slots}, f)

@@ -28,6 +28,9 @@ import torch
 
 _RECENT = 64  # batches already handed to the trainer that can still be located by identity
 THREAD_NAME = "soup-behavior-prefetch"
+# What one stream shifts a seed by: 2**40 in the high bits (CUDA's generator reads all 64), plus an odd 32-bit constant
+# in the low bits (the CPU generator, mt19937, reads only the low 32: a shift by 2**40 alone left it unchanged).
+STREAM_SHIFT = 2**40 + 0x9E3779B9
 
 
 def behavior_sampling_seed(seed: int, generation_batch_index: int, process_index: int, stream: int = 0) -> int:
@@ -36,10 +39,10 @@ def behavior_sampling_seed(seed: int, generation_batch_index: int, process_index
     A function of the run seed, the generation batch index, the rank and ``stream`` only, never of the global RNG
     state or of the time the sample is drawn: a prefetched sample, a synchronous one and one redrawn after resuming
     from a checkpoint are the same sample. Different batches and ranks get different streams (ranks are separated as
-    long as there are fewer than 7919 of them); ``stream`` (the members of a behavior pool, and the pool's choice of
-    member) shifts the seed by multiples of 2**40, and stream 0 is the seed of a single behavior copy.
+    long as there are fewer than 7919 of them); ``stream`` (the members of a behavior pool, the prefix sources, and
+    their choice) shifts the seed by multiples of ``STREAM_SHIFT``, and stream 0 is the seed of a single behavior copy.
     """
-    return seed * 1_000_003 + generation_batch_index * 7_919 + process_index + stream * 2**40
+    return seed * 1_000_003 + generation_batch_index * 7_919 + process_index + stream * STREAM_SHIFT
 
 
 @contextmanager

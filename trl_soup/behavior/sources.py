@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from .._compat import pad
 from ..sources import (
     BUILTIN_SOURCES,
     choose_sources,
@@ -25,10 +24,18 @@ from ..sources import (
     source_names,
     source_weights,
 )
-from .base import BehaviorBackend, BehaviorSamples
+from .base import (
+    BehaviorBackend,
+    BehaviorSamples,
+    Scorer,
+    inner_stream,
+    padded_rows,
+    sample_from,
+    samples_from_token_rows,
+)
+from .context import BehaviorContext, as_context
 from .local import LocalBehaviorBackend
 from .pool import sample_in_groups
-from .prefetch import behavior_sampling_seed
 from .vllm_server import VLLMServerBehaviorBackend
 
 SCORER_ADAPTER = "prefix_scorer"
@@ -36,6 +43,7 @@ SOURCE_STREAM = 1_000  # seed streams of the sources (behavior keeps stream 0, a
 
 __all__ = [
     "DatasetSource",
+    "FrozenSource",
     "NamedScorer",
     "OnPolicySource",
     "SourceMixture",
@@ -47,18 +55,13 @@ __all__ = [
 
 def empty_samples(num_rows: int, pad_token_id: int, device) -> BehaviorSamples:
     """Rows without a prefix (length 0): the current policy writes them whole."""
-    zeros = torch.zeros(num_rows, 1, device=device)
-    return BehaviorSamples(
-        completion_ids=torch.full((num_rows, 1), pad_token_id, dtype=torch.long, device=device),
-        mask=zeros.long(),
-        per_token_logps=zeros.clone(),
-        entropies=zeros.clone(),
-        ended_with_eos=torch.zeros(num_rows, dtype=torch.bool, device=device),
-    )
+    zeros = torch.zeros(num_rows, 1)
+    return samples_from_token_rows([[] for _ in range(num_rows)], zeros, zeros, (), pad_token_id, device)
 
 
-class _Frozen(BehaviorBackend):
-    """A source that SOUP never refreshes and that has nothing to checkpoint."""
+class FrozenSource:
+    """Mixin of a source that SOUP never refreshes and that has nothing to checkpoint; listed before the backend class
+    it completes (``class TeacherSource(FrozenSource, VLLMServerBehaviorBackend)``), so that its methods win."""
 
     def refresh(self) -> None:
         return None
@@ -73,82 +76,79 @@ class _Frozen(BehaviorBackend):
         return False
 
 
-class OnPolicySource(_Frozen):
+class OnPolicySource(FrozenSource, BehaviorBackend):
     """No prefix: every row of this source is written by the current policy (for ``prefix_source_weights``)."""
 
-    def __init__(self, trainer):
-        self.trainer = trainer
+    def __init__(self, context: BehaviorContext):
+        self.context = context
 
-    def sample(self, prompt_ids, max_new_tokens, generation_batch_index=None, stream=0, rows=None):
-        trainer = self.trainer
-        return empty_samples(len(prompt_ids), trainer._tokenizer.pad_token_id, trainer.accelerator.device)
-
-
-class NamedScorer(LocalBehaviorBackend):
-    """A frozen model loaded from ``prefix_scorer_model`` that scores dataset references (never samples). It must
-    share the learner's tokenizer: the vocabulary size and a probe's token ids are checked."""
-
-    def __init__(self, trainer, path: str):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.trainer, self.adapter_name = trainer, None
-        learner = trainer.accelerator.unwrap_model(trainer.model)
-        self.is_peft, self.zero3, self._engine, self.score_after_sampling = False, False, None, True
-        base = learner.get_base_model() if hasattr(learner, "get_base_model") else learner
-        try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
-        except (OSError, ValueError) as error:
-            raise ValueError(
-                f"prefix_scorer_model={path!r} could not be loaded as a local model directory or a Hub model id: "
-                f"{error}"
-            ) from error
-        ours, theirs = base.config.get_text_config().vocab_size, model.config.get_text_config().vocab_size
-        probe = "SOUP probe: 0123456789 +-*/= abc xyz"
-        try:
-            same = AutoTokenizer.from_pretrained(path)(probe)["input_ids"] == trainer._tokenizer(probe)["input_ids"]
-        except (OSError, ValueError):  # no tokenizer files next to the weights: the vocabulary size decides
-            same = True
-        if ours != theirs or not same:
-            raise ValueError(
-                f"prefix_scorer_model={path!r} does not share the learner's tokenizer (vocab_size {theirs} vs "
-                f"{ours}{'' if same else ', and a probe encodes differently'}): its log-probs would score other "
-                "tokens. Allowed: a model with the learner's tokenizer, or prefix_scorer_model=None (the initial "
-                "policy)."
-            )
-        model.to(trainer.accelerator.device)
-        self._prepare_snapshot(model)
-        self.snapshot = model
-
-    def refresh(self) -> None:
-        return None
+    def sample(self, prompt_ids, max_new_tokens, generation_batch_index, stream=0, rows=None):
+        return empty_samples(len(prompt_ids), self.context.sampling.pad_token_id, self.context.device)
 
 
-class DatasetSource(_Frozen):
+def load_scorer_model(context: BehaviorContext, path: str):
+    """The model at ``prefix_scorer_model`` (a directory or a Hub id), in the learner's dtype; refused unless it shares
+    the learner's tokenizer (the vocabulary size, and a probe's token ids when its tokenizer files are there)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    learner = context.learner()
+    base = learner.get_base_model() if hasattr(learner, "get_base_model") else learner
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=base.dtype)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"prefix_scorer_model={path!r} could not be loaded as a local model directory or a Hub model id: {error}"
+        ) from error
+    ours, theirs = base.config.get_text_config().vocab_size, model.config.get_text_config().vocab_size
+    probe = "SOUP probe: 0123456789 +-*/= abc xyz"
+    try:
+        same = AutoTokenizer.from_pretrained(path)(probe)["input_ids"] == context.tokenizer(probe)["input_ids"]
+    except (OSError, ValueError):  # no tokenizer files next to the weights: the vocabulary size decides
+        same = True
+    if ours != theirs or not same:
+        raise ValueError(
+            f"prefix_scorer_model={path!r} does not share the learner's tokenizer (vocab_size {theirs} vs "
+            f"{ours}{'' if same else ', and a probe encodes differently'}): its log-probs would score other "
+            "tokens. Allowed: a model with the learner's tokenizer, or prefix_scorer_model=None (the initial "
+            "policy)."
+        )
+    return model
+
+
+class NamedScorer(FrozenSource, LocalBehaviorBackend):
+    """A frozen model loaded from ``prefix_scorer_model`` (:func:`load_scorer_model`) that scores dataset references
+    (never samples, never refreshed): a local backend around that model instead of a copy of the learner."""
+
+    def __init__(self, context: BehaviorContext, path: str):
+        super().__init__(context, adapter_name=SCORER_ADAPTER, model=load_scorer_model(context, path))
+
+
+class DatasetSource(FrozenSource, BehaviorBackend):
     """Prefixes cut from each row's reference completion (``prefix_dataset_column``).
 
-    Denominators: the row's ``prefix_logps_column`` when set, else a forward of the frozen scorer (its log-probs and
-    entropies, temperature-scaled like TRL's). Rows without a reference go to ``fallback`` (the behavior copy, or no
-    prefix). A reference longer than the decode budget is cut to it (and then does not end the response).
+    Denominators: the row's ``prefix_logps_column`` when set, else a forward of the frozen ``scorer`` (a
+    :class:`~trl_soup.behavior.base.Scorer`: its log-probs and entropies, temperature-scaled like TRL's). Rows without
+    a reference go to ``fallback`` (the behavior copy, or no prefix). A reference longer than the decode budget is cut
+    to it (and then does not end the response).
     """
 
     needs_rows = True
 
-    def __init__(self, trainer, fallback: BehaviorBackend):
-        args = trainer.args
-        self.trainer, self.fallback = trainer, fallback
+    def __init__(self, context: BehaviorContext, fallback: BehaviorBackend):
+        args = context.args
+        self.context, self.fallback = context, fallback
         self.column, self.logps_column = args.prefix_dataset_column, args.prefix_logps_column
-        self.scorer = None
+        self.scorer: Scorer | None = None
         if self.logps_column is None:
             if args.prefix_scorer_model is None:  # the initial policy: a copy of the learner now, never refreshed
-                self.scorer = LocalBehaviorBackend(trainer, adapter_name=SCORER_ADAPTER)
+                self.scorer = LocalBehaviorBackend(context, adapter_name=SCORER_ADAPTER)
             else:
-                self.scorer = NamedScorer(trainer, args.prefix_scorer_model)
+                self.scorer = NamedScorer(context, args.prefix_scorer_model)
 
-    def sample(self, prompt_ids, max_new_tokens, generation_batch_index=None, stream=0, rows=None):
-        trainer = self.trainer
+    def sample(self, prompt_ids, max_new_tokens, generation_batch_index, stream=0, rows=None):
         if rows is None or len(rows) != len(prompt_ids):
             raise RuntimeError("prefix_source='dataset' needs the dataset row of every prompt row.")
-        tokenizer = trainer._tokenizer
+        tokenizer = self.context.tokenizer
         refs = [
             reference_token_ids(row.get(self.column), tokenizer, tokenizer.eos_token_id, self.column) for row in rows
         ]
@@ -156,62 +156,57 @@ class DatasetSource(_Frozen):
         def sample_group(missing: int, selected: list[int]) -> BehaviorSamples:
             prompts, examples = [prompt_ids[i] for i in selected], [rows[i] for i in selected]
             if missing:  # rows without a reference: the fallback writes them
-                return self.fallback.sample(prompts, max_new_tokens, generation_batch_index, stream, rows=examples)
+                return sample_from(self.fallback, prompts, max_new_tokens, generation_batch_index, stream, examples)
             return self._reference_samples(prompts, [refs[i] for i in selected], examples, max_new_tokens)
 
-        return sample_in_groups([int(ref is None) for ref in refs], sample_group, tokenizer.pad_token_id)
+        return sample_in_groups([int(ref is None) for ref in refs], sample_group, self.context.sampling.pad_token_id)
 
     def _reference_samples(self, prompt_ids, refs, rows, max_new_tokens) -> BehaviorSamples:
-        trainer = self.trainer
-        device = trainer.accelerator.device
         ids = [ref[:max_new_tokens] for ref in refs]
-        eos = set(trainer.eos_token_ids)
-        ended = torch.tensor([bool(row) and row[-1] in eos for row in ids], device=device)
-        tensors = [torch.tensor(row, dtype=torch.long) for row in ids]
-        c_ids = pad(tensors, padding_value=trainer._tokenizer.pad_token_id, padding_side="right").to(device)
-        c_mask = pad([torch.ones_like(t) for t in tensors], padding_value=0, padding_side="right").to(device)
         if self.logps_column is not None:
-            logps = [
-                torch.tensor(reference_row_logps(row.get(self.logps_column), len(ref), self.logps_column))
+            column = self.logps_column
+            values = [
+                reference_row_logps(row.get(column), len(ref), column)[:max_new_tokens]
                 for row, ref in zip(rows, refs, strict=True)
             ]
-            logps = pad([t[:max_new_tokens] for t in logps], padding_value=0.0, padding_side="right").to(device)
+            logps, _ = padded_rows(values, 0.0, torch.float32)
             entropies = torch.zeros_like(logps)  # none known: entropy truncation is refused with a log-prob column
         else:
             logps, entropies = self.scorer.score(prompt_ids, ids)
-        return BehaviorSamples(c_ids, c_mask, logps.float() * c_mask, entropies.float() * c_mask, ended)
+        sampling = self.context.sampling
+        return samples_from_token_rows(
+            ids, logps, entropies, sampling.eos_token_ids, sampling.pad_token_id, self.context.device
+        )
 
     def clean_saved_model(self, output_dir: str) -> None:
         if self.scorer is not None:
             self.scorer.clean_saved_model(output_dir)
 
 
-class TeacherSource(VLLMServerBehaviorBackend):
+class TeacherSource(FrozenSource, VLLMServerBehaviorBackend):
     """A teacher on its own vLLM server (``prefix_teacher_base_url``): never refreshed, nothing to checkpoint; its
     sampling log-probs are the prefix denominators. Its tokenizer must be the learner's (checked when built)."""
 
     role = "teacher"
     refreshable = False
 
-    def __init__(self, trainer):
-        super().__init__(trainer, base_url=trainer.args.prefix_teacher_base_url)
-
-    refresh = _Frozen.refresh
-    save_snapshot = _Frozen.save_snapshot
-    load_snapshot = _Frozen.load_snapshot
-    checkpoint_snapshot = _Frozen.checkpoint_snapshot
+    def __init__(self, context: BehaviorContext):
+        super().__init__(context, base_url=context.args.prefix_teacher_base_url)
 
 
 class SourceMixture(BehaviorBackend):
     """Each relay row from one of several sources (``prefix_source_weights``), or every row from one source that is
-    not the behavior copy. Only the behavior copy (if used) is refreshed and checkpointed."""
+    not the behavior copy. Only the behavior copy (if used) is refreshed and checkpointed. Each source gets the rows of
+    the batch only if it declares ``needs_rows``."""
 
     needs_rows = True
 
-    def __init__(self, trainer, sources: dict[str, BehaviorBackend], behavior: BehaviorBackend | None):
-        self.trainer = trainer
-        self.names = source_names(trainer.args)
-        self.weights = [source_weights(trainer.args)[name] for name in self.names]
+    def __init__(
+        self, context: BehaviorContext, sources: dict[str, BehaviorBackend], behavior: BehaviorBackend | None
+    ):
+        self.context = context
+        self.names = source_names(context.args)
+        self.weights = [source_weights(context.args)[name] for name in self.names]
         self.sources = sources
         self.behavior = behavior
 
@@ -219,24 +214,24 @@ class SourceMixture(BehaviorBackend):
         if self.behavior is not None:
             self.behavior.refresh()
 
-    def sample(self, prompt_ids, max_new_tokens, generation_batch_index=None, stream=0, rows=None):
-        trainer = self.trainer
+    def sample(self, prompt_ids, max_new_tokens, generation_batch_index, stream=0, rows=None):
+        """At stream 0 the choice of sources uses stream ``SOURCE_STREAM``, the behavior copy its own stream 0 (as
+        alone) and source j stream ``SOURCE_STREAM + 1 + j`` (another stream: a block of its own,
+        :func:`~trl_soup.behavior.base.inner_stream`)."""
         if rows is None or len(rows) != len(prompt_ids):
             raise RuntimeError("The prefix sources need the dataset row of every prompt row.")
-        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
-        rank = trainer.accelerator.process_index
-        generator = torch.Generator().manual_seed(
-            behavior_sampling_seed(trainer.args.seed, index, rank, SOURCE_STREAM)
-        )
+        index, width = generation_batch_index, SOURCE_STREAM + 1 + len(self.names)
+        generator = self.context.sampling_generator(index, inner_stream(stream, SOURCE_STREAM, width))
         choice = choose_sources(self.weights, len(prompt_ids), generator)
 
         def sample_source(j: int, selected: list[int]) -> BehaviorSamples:
             name = self.names[j]
-            stream = 0 if name == "behavior" else SOURCE_STREAM + 1 + j  # the behavior copy's own stream: as alone
+            own = 0 if name == "behavior" else SOURCE_STREAM + 1 + j
             prompts, examples = [prompt_ids[i] for i in selected], [rows[i] for i in selected]
-            return self.sources[name].sample(prompts, max_new_tokens, index, stream, rows=examples)
+            source_stream = inner_stream(stream, own, width)
+            return sample_from(self.sources[name], prompts, max_new_tokens, index, source_stream, examples)
 
-        samples = sample_in_groups(choice, sample_source, trainer._tokenizer.pad_token_id)
+        samples = sample_in_groups(choice, sample_source, self.context.sampling.pad_token_id)
         samples.source_ids = torch.tensor(choice, dtype=torch.long, device=samples.completion_ids.device)
         return samples
 
@@ -256,47 +251,56 @@ class SourceMixture(BehaviorBackend):
             source.clean_saved_model(output_dir)
 
 
-def build_builtin_source(name: str, trainer, behavior: BehaviorBackend | None = None) -> BehaviorBackend:
-    """A built-in prefix source of ``trainer``; ``behavior``: the run's behavior copy, shared (the dataset source's
-    fallback with ``prefix_dataset_fallback='behavior'``)."""
+def build_builtin_source(name: str, context, behavior: BehaviorBackend | None = None) -> BehaviorBackend:
+    """The built-in prefix source ``name``, built from ``context`` (a :class:`BehaviorContext`; a trainer, as up to
+    0.2, is converted with :meth:`BehaviorContext.from_trainer`); ``behavior``: the run's behavior copy, shared (the
+    dataset source's fallback with ``prefix_dataset_fallback='behavior'``)."""
     from . import build_behavior_backend
 
-    args = trainer.args
+    context = as_context(context)
+    args = context.args
     if name == "behavior":
-        return behavior or build_behavior_backend(args.behavior_backend, trainer, args.behavior_pool_size)
+        return behavior or build_behavior_backend(args.behavior_backend, context, args.behavior_pool_size)
     if name == "on_policy":
-        return OnPolicySource(trainer)
+        return OnPolicySource(context)
     if name == "teacher":
-        return TeacherSource(trainer)
+        return TeacherSource(context)
     if name == "dataset":
         if args.prefix_dataset_fallback == "behavior":
-            fallback = behavior or build_behavior_backend(args.behavior_backend, trainer, args.behavior_pool_size)
+            fallback = behavior or build_behavior_backend(args.behavior_backend, context, args.behavior_pool_size)
         else:
-            fallback = OnPolicySource(trainer)
-        return DatasetSource(trainer, fallback)
+            fallback = OnPolicySource(context)
+        return DatasetSource(context, fallback)
     raise ValueError(f"{name!r} is not a built-in prefix source.")
 
 
-def build_prefix_sources(trainer) -> BehaviorBackend:
-    """What writes the prefixes of ``trainer``'s relay batches: the behavior backend (or pool) alone, as in the paper,
-    or a :class:`SourceMixture` of the configured sources."""
+def build_prefix_sources(context, trainer=None) -> BehaviorBackend:
+    """What writes the prefixes of the relay batches: the behavior backend (or pool) alone, as in the paper, or a
+    :class:`SourceMixture` of the configured sources.
+
+    ``context``: a :class:`BehaviorContext`, or the trainer (``SOUPTrainer`` passes itself: it is converted once with
+    :meth:`BehaviorContext.from_trainer` and is then ``trainer`` too). ``trainer``: what users' registered factories
+    get (``factory(trainer)``, docs/prefix_sources.md); without one they get the context.
+    """
     from . import build_behavior_backend
 
-    args = trainer.args
+    if not isinstance(context, BehaviorContext):
+        context, trainer = BehaviorContext.from_trainer(context), context
+    args = context.args
     names = source_names(args)
     needs_behavior = "behavior" in names or ("dataset" in names and args.prefix_dataset_fallback == "behavior")
     behavior = (
-        build_behavior_backend(args.behavior_backend, trainer, args.behavior_pool_size) if needs_behavior else None
+        build_behavior_backend(args.behavior_backend, context, args.behavior_pool_size) if needs_behavior else None
     )
     if names == ["behavior"]:
         return behavior
     sources = {}
     for name in names:
         if name in BUILTIN_SOURCES:
-            sources[name] = build_builtin_source(name, trainer, behavior)
+            sources[name] = build_builtin_source(name, context, behavior)
         else:
-            sources[name] = _registered_source(name, trainer)
-    return SourceMixture(trainer, sources, behavior)
+            sources[name] = _registered_source(name, context if trainer is None else trainer)
+    return SourceMixture(context, sources, behavior)
 
 
 def _registered_source(name: str, trainer) -> BehaviorBackend:

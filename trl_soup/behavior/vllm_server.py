@@ -39,9 +39,9 @@ from accelerate.utils import is_peft_model
 from ..core import entropy_from_top_logprobs
 from ..server_auth import client_token
 from ..validation import check_lora_needs_peft, check_nccl_needs_cuda, check_sampling_settings, sampling_filters
-from .base import BehaviorBackend, BehaviorSamples
-from .local import gathered, is_zero3
-from .prefetch import behavior_sampling_seed
+from .base import BehaviorBackend, BehaviorSamples, padded_rows, samples_from_token_rows
+from .context import BehaviorContext
+from .local import gathered
 from .server_client import BehaviorServerClient, BehaviorServerError, trl_vllm_client
 
 WEIGHTS_FILE = "model.safetensors"
@@ -123,17 +123,17 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
     role = "behavior"  # in messages
     refreshable = True  # False: a server whose weights SOUP never writes (the "teacher" prefix source)
 
-    def __init__(self, trainer, member: int = 0, base_url: str | None = None):
-        self.trainer = trainer
+    def __init__(self, context: BehaviorContext, member: int = 0, base_url: str | None = None):
+        self.context = context
         self.lora_prefix = LORA_PREFIX if member == 0 else f"{LORA_PREFIX}-m{member}"
-        args = trainer.args
+        args = context.args
         check_sampling_settings(args)  # also refused by SOUPConfig; kept here for configs built without it
         # With a filter active (then temperature == 1), the sampled log-probs are renormalised over the kept tokens:
         # every response is re-scored with prompt log-probs (see the module docstring).
         self.rescore = bool(sampling_filters(args))
         self.base_url = base_url or args.behavior_server_url
         self.method = args.behavior_refresh_method if self.refreshable else None
-        learner = trainer.accelerator.unwrap_model(trainer.model)
+        learner = context.learner()
         self.is_peft = is_peft_model(learner)
         check_lora_needs_peft(self.method, self.is_peft)
         check_nccl_needs_cuda(self.method, getattr(args, "use_cpu", False))
@@ -152,7 +152,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         self.refresh_count = 0
         self.vocab_size = (learner.get_base_model() if self.is_peft else learner).config.get_text_config().vocab_size
         self._nccl = None
-        if self.method == "nccl" and trainer.accelerator.is_main_process:
+        if self.method == "nccl" and context.accelerator.is_main_process:
             self._nccl = trl_vllm_client(  # needs vLLM installed in the training environment
                 self.base_url,
                 **_server_auth(args),
@@ -174,7 +174,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     def _check_same_tokenizer(self) -> None:
         probe = "SOUP probe: 0123456789 +-*/= abc xyz"
-        expected = self.trainer._tokenizer(probe, add_special_tokens=False)["input_ids"]
+        expected = self.context.tokenizer(probe, add_special_tokens=False)["input_ids"]
         got = self.client.tokenize(self.served_model, probe)
         if got != expected:
             fix = "Start the server from the learner's model." if self.refreshable else "Serve a teacher that uses "
@@ -199,7 +199,7 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     def _check_server_settings(self) -> None:
         """Log-probs after temperature scaling, enough of them for the entropy estimate, room for a full response."""
-        args, max_completion_length = self.trainer.args, self.trainer.max_completion_length
+        args, max_completion_length = self.context.args, self.context.sampling.max_completion_length
         info = self.client.request("GET", "/server_info?config_format=json")
         model_config = (info.get("vllm_config") or {}).get("model_config") or {}
         mode = model_config.get("logprobs_mode")
@@ -224,17 +224,17 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     # ------------------------------------------------------------------------------------------------ refresh
     def refresh(self) -> None:
-        trainer = self.trainer
-        learner = trainer.accelerator.unwrap_model(trainer.model)
+        context = self.context
+        learner = context.learner()
         self.refresh_count += 1
         # Under ZeRO-3 every rank takes part in gathering the full weights (a collective; the whole model is held on
         # each rank for the duration, as in TRL's vLLM weight sync under PEFT); only the main process writes them.
-        with gathered(list(learner.parameters()), is_zero3(trainer.accelerator)):
-            if trainer.accelerator.is_main_process:
+        with gathered(list(learner.parameters()), context.zero3):
+            if context.accelerator.is_main_process:
                 self._push(learner)
         if self.method == "lora":
             self.model_name = f"{self.lora_prefix}-{self.refresh_count}"
-        trainer.accelerator.wait_for_everyone()
+        context.accelerator.wait_for_everyone()
 
     def _push(self, learner) -> None:
         """Main process: write the learner's (gathered) weights and make the server load them."""
@@ -279,14 +279,14 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     def _adapter_path(self, directory: str) -> str:
         """PEFT writes the "default" adapter at the top of the directory and any other under a sub-folder."""
-        adapter = self.trainer.accelerator.unwrap_model(self.trainer.model).active_adapter
+        adapter = self.context.learner().active_adapter
         return directory if adapter == "default" else os.path.join(directory, adapter)
 
     def _current_dir(self) -> str:
         return os.path.join(self.refresh_dir, f"refresh-{self.refresh_count}")
 
     def save_snapshot(self, directory: str) -> None:
-        if not self.trainer.args.should_save:  # called on every rank; the files are copied once
+        if not self.context.args.should_save:  # called on every rank; the files are copied once
             return
         shutil.copytree(self._current_dir(), directory, dirs_exist_ok=True)
         with open(os.path.join(directory, "soup_server_snapshot.json"), "w") as f:
@@ -301,8 +301,8 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 f"this run uses {self.method!r}; resume with the same value."
             )
         self.refresh_count = saved["refresh_count"]
-        trainer = self.trainer
-        if trainer.accelerator.is_main_process:
+        accelerator = self.context.accelerator
+        if accelerator.is_main_process:
             target = self._current_dir()
             shutil.copytree(directory, target, dirs_exist_ok=True)
             if self.method == "lora":
@@ -319,24 +319,20 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
                 self.client.reset_prefix_cache()
         if self.method == "lora":
             self.model_name = f"{self.lora_prefix}-{self.refresh_count}"
-        trainer.accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------------ sampling
-    def _row_seeds(self, count: int, generation_batch_index: int | None = None, stream: int = 0) -> list[int]:
+    def _row_seeds(self, count: int, generation_batch_index: int, stream: int = 0) -> list[int]:
         """One seed per row, a function of (run seed, generation batch, rank, stream, row) only: a prefetched request
         and a synchronous one for the same batch sample the same responses."""
-        trainer = self.trainer
-        index = trainer.generation_batch_index if generation_batch_index is None else generation_batch_index
-        generator = torch.Generator().manual_seed(
-            behavior_sampling_seed(trainer.args.seed, index, trainer.accelerator.process_index, stream)
-        )
+        generator = self.context.sampling_generator(generation_batch_index, stream)
         return torch.randint(0, 2**31 - 1, (count,), generator=generator).tolist()
 
     def sample(
         self,
         prompt_ids: list[list[int]],
         max_new_tokens: int,
-        generation_batch_index: int | None = None,
+        generation_batch_index: int,
         stream: int = 0,
         rows: list[dict] | None = None,
     ) -> BehaviorSamples:
@@ -346,29 +342,29 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
         1, :func:`check_sampling_settings`) the row's response is then re-scored by a second request on
         ``prompt + response`` whose prompt log-probs are the unfiltered, unpenalised softmax of the behavior weights.
         """
-        top_k = self.trainer.args.prefix_entropy_logprobs
+        top_k = self.context.args.prefix_entropy_logprobs
         base = self._sampling_payload(max_new_tokens, top_k)
         seeds = self._row_seeds(len(prompt_ids), generation_batch_index, stream)
         send = lambda row: self._sample_row(list(prompt_ids[row]), {**base, "seed": seeds[row]}, top_k)  # noqa: E731
         with ThreadPoolExecutor(max_workers=min(_CONCURRENCY, max(1, len(prompt_ids)))) as pool:
-            rows = list(pool.map(send, range(len(prompt_ids))))
-        return self._samples_from_rows(rows, top_k)
+            responses = list(pool.map(send, range(len(prompt_ids))))
+        return self._samples_from_rows(responses, top_k)
 
     def _sampling_payload(self, max_new_tokens: int, top_k: int) -> dict:
-        """The completion request's fields shared by every row: the trainer's sampling settings, token ids in and
+        """The completion request's fields shared by every row: the learner's sampling settings, token ids in and
         out, top-k log-probs (unless responses are re-scored)."""
-        trainer = self.trainer
+        sampling = self.context.sampling
         return {
             "model": self.model_name,
             "max_tokens": max_new_tokens,
-            "temperature": trainer.temperature,
-            "top_p": trainer.top_p,
-            "top_k": trainer.top_k if trainer.top_k else -1,
-            "min_p": trainer.min_p or 0.0,
-            "repetition_penalty": trainer.repetition_penalty,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "top_k": sampling.top_k if sampling.top_k else -1,
+            "min_p": sampling.min_p or 0.0,
+            "repetition_penalty": sampling.repetition_penalty,
             "logprobs": None if self.rescore else top_k,
             "n": 1,
-            "stop_token_ids": list(trainer.eos_token_ids),
+            "stop_token_ids": list(sampling.eos_token_ids),
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
             "skip_special_tokens": False,
@@ -430,40 +426,24 @@ class VLLMServerBehaviorBackend(BehaviorBackend):
 
     def _samples_from_rows(self, rows: list[tuple[list[int], list[float], list[dict]]], top_k: int) -> BehaviorSamples:
         """Rows of (response ids, log-prob of each token, {token id: log-prob} with the top-k and the token itself)."""
-        trainer = self.trainer
-        device = trainer.accelerator.device
-        eos = set(trainer.eos_token_ids)
-        rows_ids, rows_logps, rows_top = [], [], []
-        for ids, token_logps, entries in rows:
+        for ids, token_logps, _ in rows:
             if len(ids) != len(token_logps):
                 raise BehaviorServerError(
                     f"The behavior server at {self.base_url} returned {len(ids)} token ids but "
                     f"{len(token_logps)} log-probs; start it with the flags of `python -m trl_soup.serve_behavior`."
                 )
-            rows_ids.append(ids)
-            rows_logps.append([float("nan") if lp is None else lp for lp in token_logps])
-            rows_top.append([_top_k_values(entry, top_k) for entry in entries])
-        length = max(1, max(len(ids) for ids in rows_ids))
-        batch = len(rows_ids)
-        completion_ids = torch.full((batch, length), trainer._tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((batch, length), dtype=torch.long)
-        logps = torch.zeros((batch, length), dtype=torch.float32)
-        top = torch.full((batch, length, top_k), float("-inf"), dtype=torch.float32)
-        for i, (ids, lps, tops) in enumerate(zip(rows_ids, rows_logps, rows_top, strict=True)):
-            n = len(ids)
-            if n:
-                completion_ids[i, :n] = torch.tensor(ids)
-                mask[i, :n] = 1
-                logps[i, :n] = torch.tensor(lps)
-                top[i, :n] = torch.tensor(tops)
+        logps, _ = padded_rows(
+            [[float("nan") if lp is None else lp for lp in token_logps] for _, token_logps, _ in rows],
+            0.0,
+            torch.float32,
+        )
+        tops = [[_top_k_values(entry, top_k) for entry in entries] for _, _, entries in rows]
+        top, _ = padded_rows(tops, float("-inf"), torch.float32, trailing=(top_k,))
         entropies, _ = entropy_from_top_logprobs(top, self.vocab_size)
-        ended = torch.tensor([bool(ids) and ids[-1] in eos for ids in rows_ids])
-        return BehaviorSamples(
-            completion_ids=completion_ids.to(device),
-            mask=mask.to(device),
-            per_token_logps=(logps * mask).to(device),
-            entropies=(entropies * mask).to(device),
-            ended_with_eos=ended.to(device),
+        sampling = self.context.sampling
+        ids = [ids for ids, _, _ in rows]
+        return samples_from_token_rows(
+            ids, logps, entropies, sampling.eos_token_ids, sampling.pad_token_id, self.context.device
         )
 
 
