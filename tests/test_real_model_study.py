@@ -199,6 +199,8 @@ def test_smoke_study_numbers_are_consistent(smoke):
         assert summary["pass_at_k"][name]["1"]["mean"] == pytest.approx(expected, abs=1e-12)
         assert run["train_cpu_seconds"] > 0 and all(t > 0 for t in run["decoded_tokens"])
         assert all(length <= cfg["max_completion_length"] for length in run["lengths"])
+        directory = output / "runs" / f"{name}_seed0"  # finished: the final model stays, the checkpoints go
+        assert (directory / "model.safetensors").is_file() and not list(directory.glob("checkpoint-*"))
     # T = 1: every step on-policy; T = 8: the first batch refreshes (on-policy), the second is a relay batch
     assert runs["dapo"]["relay_batch"] == [0.0, 0.0] and runs["dapo"]["prefix_fraction"] == [0.0, 0.0]
     assert runs["soup_r0.5_T8"]["relay_batch"] == [0.0, 1.0] and runs["soup_r0.5_T8"]["prefix_fraction"][1] > 0
