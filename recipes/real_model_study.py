@@ -206,7 +206,10 @@ def stop_children(signum, frame) -> None:
 def add_cost(directory: str, stage: str, seconds: dict) -> None:
     """Accumulate a stage's seconds over the invocations of a resumed run in `cost.json`."""
     path = os.path.join(directory, "cost.json")
-    cost = json.load(open(path)) if os.path.isfile(path) else {}
+    cost = {}
+    if os.path.isfile(path):
+        with open(path) as f:
+            cost = json.load(f)
     totals = cost.setdefault(stage, {"wall": 0.0, "cpu": 0.0, "invocations": 0})
     totals["wall"] += seconds["wall"]
     totals["cpu"] += seconds["cpu"]
@@ -635,7 +638,8 @@ def repeat(config: dict, setting: str, seed: int) -> dict:
     records = []
     for study in (config, copy):
         directory = run_dir(study, setting, seed)
-        record = {**training_record(directory, batch), **json.load(open(os.path.join(directory, "eval.json")))}
+        with open(os.path.join(directory, "eval.json")) as f:
+            record = {**training_record(directory, batch), **json.load(f)}
         records.append(
             {k: v for k, v in record.items() if k not in ("step_time", "train_seconds", "train_cpu_seconds")}
         )
